@@ -1,0 +1,174 @@
+"""The service's configuration: one TOML file, validated once at start.
+
+Secrets may come from the environment instead of the file, so the file can be world-readable
+and the unit can load them from a credentials store.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import TYPE_CHECKING, Annotated, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from slixmpp.jid import JID, InvalidJID
+
+from component.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# Names of environment variables, not secrets.
+SECRET_ENV = "HTTP_ROSTER_ADMIN_SECRET"  # noqa: S105
+LISTENER_TOKEN_ENV = "HTTP_ROSTER_ADMIN_LISTENER_TOKEN"  # noqa: S105
+WEBAPP_TOKEN_ENV = "HTTP_ROSTER_ADMIN_WEBAPP_TOKEN"  # noqa: S105
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _domain(value: str) -> str:
+    try:
+        jid = JID(value)
+    except InvalidJID as exc:
+        raise ValueError(f"not a valid XMPP domain: {exc}") from None
+    if jid.user or jid.resource:
+        raise ValueError("must be a bare domain such as 'roster.example.org'")
+    return jid.domain
+
+
+class ComponentConfig(_Section):
+    """The XEP-0114 link to the XMPP server."""
+
+    jid: str
+    secret: str = Field(default="", repr=False)
+    host: str = "127.0.0.1"
+    port: Port = 5347
+    reconnect_max_delay: Seconds = 30.0
+
+    _check_jid = field_validator("jid")(_domain)
+
+
+class UsersConfig(_Section):
+    """Whose rosters we manage."""
+
+    domain: str
+
+    _check_domain = field_validator("domain")(_domain)
+
+
+class WebAppConfig(_Section):
+    """How to ask the web app for a roster."""
+
+    roster_url: str
+    token: str = Field(default="", repr=False)
+    timeout: Seconds = 10.0
+    attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    max_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+
+    @field_validator("roster_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        if value.count("%s") != 1:
+            raise ValueError("must contain '%s' exactly once, where the username goes")
+        return value
+
+
+class ListenerConfig(_Section):
+    """The refresh endpoint the web app calls."""
+
+    host: str = "127.0.0.1"
+    port: Port = 5285
+    token: str = Field(default="", repr=False)
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    max_users: Annotated[int, Field(ge=1)] = 10_000
+
+
+class ServerConfig(_Section):
+    """Which XMPP server we are attached to, and how rosters get into it."""
+
+    kind: Literal["prosody"]
+    delegate_roster: bool = True
+
+
+class SyncConfig(_Section):
+    """How often and how widely rosters are synced."""
+
+    max_age: Annotated[float, Field(ge=0)] = 60.0
+    concurrency: Annotated[int, Field(ge=1, le=128)] = 16
+    xmpp_timeout: Seconds = 10.0
+    answer_timeout: Seconds = 20.0
+
+
+class LogConfig(_Section):
+    """Where logs go and in which shape."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Section):
+    """The whole, validated configuration."""
+
+    component: ComponentConfig
+    users: UsersConfig
+    webapp: WebAppConfig
+    listener: ListenerConfig = ListenerConfig()
+    server: ServerConfig
+    sync: SyncConfig = SyncConfig()
+    log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _check_secret(self) -> Self:
+        if not self.component.secret:
+            raise ValueError(f"component.secret is required (or set {SECRET_ENV})")
+        return self
+
+
+def load(path: Path, environ: dict[str, str] | None = None) -> Config:
+    """Read, merge the environment's secrets into, and validate the configuration file."""
+    env = dict(os.environ if environ is None else environ)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for section, key, var in (
+        ("component", "secret", SECRET_ENV),
+        ("listener", "token", LISTENER_TOKEN_ENV),
+        ("webapp", "token", WEBAPP_TOKEN_ENV),
+    ):
+        if env.get(var) and isinstance(raw.get(section, {}), dict):
+            raw.setdefault(section, {})[key] = env[var]
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"missing key {key}"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key}"
+    if not key:
+        return message
+    return f"bad value for {key}: {message}"
