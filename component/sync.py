@@ -7,6 +7,7 @@ Each user has at most one sync in flight; the number of syncs at once is bounded
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -44,7 +45,7 @@ class SyncResult:
 
 @dataclass(slots=True)
 class _Outcome:
-    started: float
+    ticket: int  # when the sync began, on the same counter as requests
     finished: float
     result: SyncResult
 
@@ -78,6 +79,7 @@ class Syncer:
         self._slots = asyncio.Semaphore(concurrency)
         self._locks: dict[str, _UserLock] = {}
         self._last: dict[str, _Outcome] = {}
+        self._tickets = itertools.count()
 
     def user_jid(self, username: str) -> str:
         return f"{username}@{self._domain}"
@@ -95,14 +97,14 @@ class Syncer:
         return await self._store.read(self.user_jid(username))
 
     async def _sync(self, username: str, *, max_age: float | None) -> SyncResult:
-        requested = self._clock()
+        requested = next(self._tickets)
         entry = self._locks.setdefault(username, _UserLock())
         entry.waiters += 1
         try:
             async with entry.lock:
                 last = self._last.get(username)
                 # A sync that began after we were asked saw every change we were told about.
-                if last is not None and last.started >= requested:
+                if last is not None and last.ticket > requested:
                     return last.result
                 if (
                     max_age is not None
@@ -111,7 +113,7 @@ class Syncer:
                     and self._clock() - last.finished <= max_age
                 ):
                     return SyncResult(username, ok=True)
-                started = self._clock()
+                started = next(self._tickets)
                 async with self._slots:
                     result = await self._run(username)
                 self._last[username] = _Outcome(started, self._clock(), result)

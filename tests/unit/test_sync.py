@@ -1,0 +1,239 @@
+"""Sync orchestration: fetch, diff, apply; single flight per user; failures change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from component.errors import StoreError
+from component.roster import Contact, ParsedRoster, Roster, RosterDiff
+from component.sync import Syncer
+from component.webapp import FetchError
+
+DOMAIN = "example.test"
+
+
+class MemoryStore:
+    """The server's roster store, in memory, counting writes."""
+
+    def __init__(self) -> None:
+        self.rosters: dict[str, dict[str, Contact]] = {}
+        self.writes = 0
+        self.fail_writes_after: int | None = None
+
+    async def read(self, user: str) -> dict[str, Contact]:
+        await asyncio.sleep(0)
+        return dict(self.rosters.get(user, {}))
+
+    async def write(self, user: str, contact: Contact) -> None:
+        if self.fail_writes_after is not None and self.writes >= self.fail_writes_after:
+            raise StoreError("server said no", "internal-server-error")
+        self.writes += 1
+        self.rosters.setdefault(user, {})[contact.jid] = contact
+
+    async def remove(self, user: str, jid: str) -> None:
+        self.writes += 1
+        self.rosters.get(user, {}).pop(jid, None)
+
+
+class ScriptedWebApp:
+    """The web app: answers from `rosters`, or fails; can be held to test concurrency."""
+
+    def __init__(self) -> None:
+        self.rosters: dict[str, Roster] = {}
+        self.failing = False
+        self.fetches: list[str] = []
+        self.gate: asyncio.Event | None = None
+
+    async def fetch(self, username: str, owner: str) -> ParsedRoster:
+        assert owner == f"{username}@{DOMAIN}"
+        self.fetches.append(username)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failing:
+            raise FetchError(username, "HTTP 500")
+        return ParsedRoster(dict(self.rosters.get(username, {})), ())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(name="store")
+def fixture_store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture(name="webapp")
+def fixture_webapp() -> ScriptedWebApp:
+    webapp = ScriptedWebApp()
+    webapp.rosters["alice"] = {
+        "bob@example.test": Contact("bob@example.test", "Bob", frozenset({"Team"})),
+        "carol@example.test": Contact("carol@example.test", "Carol"),
+    }
+    return webapp
+
+
+@pytest.fixture(name="clock")
+def fixture_clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(name="changes")
+def fixture_changes() -> list[tuple[str, RosterDiff]]:
+    return []
+
+
+@pytest.fixture(name="syncer")
+def fixture_syncer(
+    webapp: ScriptedWebApp,
+    store: MemoryStore,
+    clock: Clock,
+    changes: list[tuple[str, RosterDiff]],
+) -> Syncer:
+    return Syncer(
+        webapp,
+        store,
+        DOMAIN,
+        concurrency=4,
+        max_age=60,
+        on_change=lambda user, diff: changes.append((user, diff)),
+        clock=clock,
+    )
+
+
+async def test_refresh_makes_the_server_equal_the_web_app(
+    syncer: Syncer, store: MemoryStore, webapp: ScriptedWebApp
+) -> None:
+    """After a refresh the stored roster is exactly the web app's."""
+    store.rosters["alice@example.test"] = {
+        "old@example.test": Contact("old@example.test"),
+        "carol@example.test": Contact("carol@example.test", "Carol", subscription="to"),
+    }
+    result = await syncer.refresh("alice")
+    assert result.ok
+    assert store.rosters["alice@example.test"] == webapp.rosters["alice"]
+    assert result.roster == webapp.rosters["alice"]
+
+
+async def test_changes_are_reported_for_pushes(
+    syncer: Syncer, changes: list[tuple[str, RosterDiff]]
+) -> None:
+    """The change listener hears what was written, and nothing when nothing changed."""
+    await syncer.refresh("alice")
+    [(user, diff)] = changes
+    assert user == "alice@example.test"
+    assert [c.jid for c in diff.upserts] == ["bob@example.test", "carol@example.test"]
+    await syncer.refresh("alice")
+    assert len(changes) == 1
+
+
+async def test_failed_fetch_changes_nothing(
+    syncer: Syncer, store: MemoryStore, webapp: ScriptedWebApp
+) -> None:
+    """A web app failure leaves the stored roster exactly as it was."""
+    before = {"keep@example.test": Contact("keep@example.test", "Keep")}
+    store.rosters["alice@example.test"] = dict(before)
+    webapp.failing = True
+    result = await syncer.refresh("alice")
+    assert not result.ok
+    assert result.error == "fetch failed: HTTP 500"
+    assert store.rosters["alice@example.test"] == before
+    assert store.writes == 0
+
+
+async def test_store_failure_is_reported(syncer: Syncer, store: MemoryStore) -> None:
+    """A server that refuses writes makes the sync fail with a reason."""
+    store.fail_writes_after = 1
+    result = await syncer.refresh("alice")
+    assert not result.ok
+    assert result.error is not None
+    assert "server said no" in result.error
+
+
+async def test_fresh_roster_is_not_fetched_again(
+    syncer: Syncer, webapp: ScriptedWebApp, clock: Clock
+) -> None:
+    """Within max_age a login does not fetch again; after it, it does."""
+    await syncer.ensure_fresh("alice")
+    clock.now += 30
+    assert (await syncer.ensure_fresh("alice")).ok
+    assert webapp.fetches == ["alice"]
+    clock.now += 31
+    await syncer.ensure_fresh("alice")
+    assert webapp.fetches == ["alice", "alice"]
+
+
+async def test_refresh_always_fetches(syncer: Syncer, webapp: ScriptedWebApp) -> None:
+    """A refresh ignores freshness: the web app said the roster changed."""
+    await syncer.ensure_fresh("alice")
+    await syncer.refresh("alice")
+    assert webapp.fetches == ["alice", "alice"]
+
+
+async def test_failed_sync_is_not_fresh(syncer: Syncer, webapp: ScriptedWebApp) -> None:
+    """After a failure the next login tries again."""
+    webapp.failing = True
+    await syncer.ensure_fresh("alice")
+    webapp.failing = False
+    assert (await syncer.ensure_fresh("alice")).ok
+    assert webapp.fetches == ["alice", "alice"]
+
+
+async def test_concurrent_needs_share_one_fetch(syncer: Syncer, webapp: ScriptedWebApp) -> None:
+    """Logins arriving while a sync runs share it."""
+    webapp.gate = asyncio.Event()
+    first = asyncio.create_task(syncer.ensure_fresh("alice"))
+    await asyncio.sleep(0.01)
+    others = [asyncio.create_task(syncer.ensure_fresh("alice")) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    webapp.gate.set()
+    results = await asyncio.gather(first, *others)
+    assert all(r.ok for r in results)
+    assert webapp.fetches == ["alice"]
+
+
+async def test_refresh_during_a_sync_fetches_again_once(
+    syncer: Syncer, webapp: ScriptedWebApp
+) -> None:
+    """Refreshes that arrive mid-sync get one later fetch, which sees the newest roster."""
+    webapp.gate = asyncio.Event()
+    first = asyncio.create_task(syncer.refresh("alice"))
+    await asyncio.sleep(0.01)
+    webapp.rosters["alice"] = {}
+    late = [asyncio.create_task(syncer.refresh("alice")) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    webapp.gate.set()
+    results = await asyncio.gather(first, *late)
+    assert webapp.fetches == ["alice", "alice"]
+    assert [r.roster for r in results[1:]] == [{}, {}, {}]
+
+
+async def test_users_sync_in_parallel_up_to_the_bound(
+    webapp: ScriptedWebApp, store: MemoryStore
+) -> None:
+    """No more than `concurrency` syncs run at once."""
+    running = 0
+    peak = 0
+    release = asyncio.Event()
+
+    class Counting(ScriptedWebApp):
+        async def fetch(self, username: str, owner: str) -> ParsedRoster:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await release.wait()
+            running -= 1
+            return await super().fetch(username, owner)
+
+    syncer = Syncer(Counting(), store, DOMAIN, concurrency=3, max_age=0)
+    tasks = [asyncio.create_task(syncer.refresh(f"u{i}")) for i in range(10)]
+    await asyncio.sleep(0.05)
+    assert peak == 3
+    release.set()
+    assert all(r.ok for r in await asyncio.gather(*tasks))
