@@ -1,0 +1,232 @@
+"""The refresh listener, served for real on loopback, with the sync core replaced by a recorder."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from component.config import ListenerConfig
+from component.http_api import BadRequestError, HttpApi, parse_usernames
+from component.sync import SyncResult
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+TOKEN = "let-me-in"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class Recorder:
+    """Stands in for the sync core: records refreshes, fails for chosen users."""
+
+    def __init__(self) -> None:
+        self.refreshed: list[str] = []
+        self.failing: set[str] = set()
+        self.ready = True
+        self.connected = True
+
+    async def refresh(self, username: str) -> SyncResult:
+        await asyncio.sleep(0)
+        self.refreshed.append(username)
+        if username in self.failing:
+            return SyncResult(username, ok=False, error="fetch failed: HTTP 500")
+        return SyncResult(username, ok=True, roster={})
+
+
+@pytest.fixture(name="recorder")
+def fixture_recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture(name="base_url")
+async def fixture_base_url(recorder: Recorder) -> AsyncIterator[str]:
+    api = HttpApi(
+        ListenerConfig(port=1, token=TOKEN, max_body_bytes=2048, max_users=50),
+        domain="example.test",
+        refresher=recorder,
+        readiness=recorder,
+    )
+    runner = web.AppRunner(api.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.fixture(name="http")
+async def fixture_http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        yield session
+
+
+async def post(
+    http: aiohttp.ClientSession, base_url: str, body: bytes | str, headers: dict[str, str] = AUTH
+) -> tuple[int, dict[str, object]]:
+    async with http.post(f"{base_url}/roster_admin/refresh", data=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_refresh_answers_counts_when_done(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """Each distinct user is refreshed once and the reply counts them."""
+    status, body = await post(http, base_url, '["john", "aaron", "john", "John"]')
+    assert status == 200
+    assert body == {
+        "status": "ok",
+        "message": "roster update complete",
+        "updated": 2,
+        "errors": 0,
+        "failed": [],
+    }
+    assert sorted(recorder.refreshed) == ["aaron", "john"]
+
+
+async def test_refresh_counts_failures_honestly(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """Failed users are counted as errors and named."""
+    recorder.failing = {"aaron"}
+    status, body = await post(http, base_url, '["john", "aaron"]')
+    assert status == 200
+    assert (body["updated"], body["errors"], body["failed"]) == (1, 1, ["aaron"])
+
+
+async def test_refresh_that_fails_completely_says_error(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """When nothing could be updated the status is error (and HTTP 502)."""
+    recorder.failing = {"john"}
+    status, body = await post(http, base_url, '["john"]')
+    assert status == 502
+    assert (body["status"], body["updated"], body["errors"]) == ("error", 0, 1)
+
+
+async def test_empty_list_answers_at_once(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """[] gets zero counts and touches nothing."""
+    status, body = await post(http, base_url, "[]")
+    assert (status, body["status"], body["updated"], body["errors"]) == (200, "ok", 0, 0)
+    assert recorder.refreshed == []
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("{", "not JSON"),
+        ('{"john": 1}', "JSON array"),
+        ('"john"', "JSON array"),
+        ("[1]", "item 0 is not a string"),
+        ('["a@b"]', "not a valid username"),
+        ('["a/b"]', "not a valid username"),
+        ('[""]', "not a valid username"),
+        (b"\xff\xfe", "not JSON"),
+    ],
+)
+async def test_malformed_bodies_get_400_and_nothing_is_done(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder, body: str, reason: str
+) -> None:
+    """A body that is not a JSON array of usernames is refused with the reason."""
+    status, answer = await post(http, base_url, body)
+    assert status == 400
+    assert answer["status"] == "error"
+    assert reason in str(answer["message"])
+    assert recorder.refreshed == []
+
+
+async def test_oversized_body_gets_413(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """A body over the configured size is refused before it is parsed."""
+    status, _ = await post(http, base_url, '["' + "a" * 4096 + '"]')
+    assert status == 413
+    assert recorder.refreshed == []
+
+
+async def test_too_many_users_get_400(http: aiohttp.ClientSession, base_url: str) -> None:
+    """More usernames than max_users is refused."""
+    status, body = await post(http, base_url, str([f"u{i}" for i in range(51)]).replace("'", '"'))
+    assert status == 400
+    assert "too many" in str(body["message"])
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}]
+)
+async def test_wrong_token_gets_401(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder, headers: dict[str, str]
+) -> None:
+    """Without the right bearer token nothing is done."""
+    status, _ = await post(http, base_url, '["john"]', headers=headers)
+    assert status == 401
+    assert recorder.refreshed == []
+
+
+async def test_not_ready_gets_503(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """While the XMPP link is down the web app is told to retry, and nothing is done."""
+    recorder.ready = False
+    status, body = await post(http, base_url, '["john"]')
+    assert status == 503
+    assert body["status"] == "error"
+    assert recorder.refreshed == []
+
+
+async def test_single_user_refresh(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """GET /roster_admin/refresh/<username> refreshes that user (URL-decoded)."""
+    async with http.get(f"{base_url}/roster_admin/refresh/j%C3%BCrgen", headers=AUTH) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"status": "ok", "message": "roster update complete"}
+    assert recorder.refreshed == ["jürgen"]
+
+
+async def test_single_user_refresh_failure(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """A failed single refresh says why."""
+    recorder.failing = {"john"}
+    async with http.get(f"{base_url}/roster_admin/refresh/john", headers=AUTH) as resp:
+        assert resp.status == 502
+        assert await resp.json() == {"status": "error", "message": "fetch failed: HTTP 500"}
+
+
+async def test_health_needs_no_token_and_tells_readiness(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """/healthz is 200 when ready and 503 when not."""
+    async with http.get(f"{base_url}/healthz") as resp:
+        assert resp.status == 200
+    recorder.ready = recorder.connected = False
+    async with http.get(f"{base_url}/healthz") as resp:
+        assert resp.status == 503
+        assert (await resp.json())["xmpp_connected"] is False
+
+
+async def test_metrics_are_served_in_prometheus_format(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    """/metrics exposes the service's counters."""
+    async with http.get(f"{base_url}/metrics", headers=AUTH) as resp:
+        assert resp.status == 200
+        assert "xmpp_ready" in await resp.text()
+
+
+def test_usernames_are_nodeprepped() -> None:
+    """Usernames are normalized the way the server does, then deduplicated."""
+    assert parse_usernames(b'["Alice", "alice", "BOB"]', "example.test", 10) == ["alice", "bob"]
+
+
+def test_username_with_space_is_refused() -> None:
+    """A username the server could never have is a bad request."""
+    with pytest.raises(BadRequestError):
+        parse_usernames(b'["a b"]', "example.test", 10)
