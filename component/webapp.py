@@ -1,0 +1,182 @@
+"""Fetching a user's roster from the web app (PROTOCOL.md, section 1)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from typing import Self
+
+import aiohttp
+import stamina
+import structlog
+import yarl
+
+from component.roster import ParsedRoster, RosterFormatError, parse_webapp_roster
+
+__all__ = ["FetchError", "WebAppClient", "roster_url"]
+
+log = structlog.get_logger(__name__)
+
+# Backoff between attempts is short: a refresh request from the web app waits for the answer.
+_WAIT_INITIAL = 0.5
+_WAIT_MAX = 2.0
+_WAIT_JITTER = 0.5
+# On top of attempts * timeout, room for the backoff waits in the overall retry budget.
+_RETRY_SLACK = 5.0
+
+
+class FetchError(Exception):
+    """A roster could not be fetched; the user's roster must stay as it was."""
+
+    def __init__(self, username: str, reason: str) -> None:
+        super().__init__(f"cannot fetch the roster of {username!r}: {reason}")
+        self.username = username
+        self.reason = reason
+
+
+class _TransientError(FetchError):
+    """A failure another attempt may not repeat: network trouble, timeout, 5xx."""
+
+
+def roster_url(template: str, username: str) -> str:
+    """The roster URL for *username*, which is encoded so it stays in its path segment."""
+    quoted = urllib.parse.quote(username, safe="")
+    # quote() leaves dots alone, but a "." or ".." segment would be resolved away by the web
+    # app, or a proxy in front of it, and so reach another resource.
+    if not username.strip("."):
+        quoted = "%2E" * len(username)
+    return template.replace("%s", quoted)
+
+
+class WebAppClient:
+    """Fetches rosters from the web app over one reused connection pool."""
+
+    def __init__(  # noqa: PLR0913 - all but the URL are keyword-only settings
+        self,
+        url_template: str,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        attempts: int = 3,
+        max_bytes: int = 1_048_576,
+        user_agent: str,
+    ) -> None:
+        self._template = url_template
+        self._timeout = timeout
+        self._attempts = attempts
+        self._max_bytes = max_bytes
+        self._headers = {"Accept": "application/json", "User-Agent": user_agent}
+        if token is not None:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._get_session()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def fetch(self, username: str, owner: str) -> ParsedRoster:
+        """The roster the web app wants *username*, whose bare JID is *owner*, to have.
+
+        Raises FetchError, and nothing else, when there is no trustworthy answer.
+        """
+        if not username:
+            # "/contacts/" is likely some other resource of the web app.
+            raise FetchError(username, "empty username")
+        # encoded=True: the path is already encoded exactly as it must be sent; without it yarl
+        # would decode and re-normalize it (%2E%2E becoming "..").
+        url = yarl.URL(roster_url(self._template, username), encoded=True)
+        started = time.monotonic()
+        async for attempt in stamina.retry_context(
+            on=_TransientError,
+            attempts=self._attempts,
+            timeout=self._attempts * self._timeout + _RETRY_SLACK,
+            wait_initial=_WAIT_INITIAL,
+            wait_max=_WAIT_MAX,
+            wait_jitter=_WAIT_JITTER,
+        ):
+            with attempt:
+                parsed = await self._attempt(url, username, owner, attempt.num)
+
+        for warning in parsed.warnings:
+            log.warning("webapp.roster_warning", username=username, warning=warning)
+        log.debug(
+            "webapp.fetched",
+            username=username,
+            contacts=len(parsed.roster),
+            duration_ms=round((time.monotonic() - started) * 1000),
+        )
+        return parsed
+
+    async def _attempt(
+        self, url: yarl.URL, username: str, owner: str, attempt: int
+    ) -> ParsedRoster:
+        try:
+            data = await self._get_json(url, username)
+            try:
+                return parse_webapp_roster(data, owner)
+            except RosterFormatError as exc:
+                raise FetchError(username, str(exc)) from None
+        except FetchError as exc:
+            log.warning(
+                "webapp.fetch_failed", username=username, reason=exc.reason, attempt=attempt
+            )
+            raise
+
+    async def _get_json(self, url: yarl.URL, username: str) -> object:
+        try:
+            # Redirects are not followed: the credential must not travel to another host, and a
+            # web app that moved should get its configuration fixed, not silently tolerated.
+            async with self._get_session().get(url, allow_redirects=False) as response:
+                if response.status != 200:
+                    error = _TransientError if response.status >= 500 else FetchError
+                    raise error(username, f"HTTP {response.status}")
+                body = await self._read_capped(response, username)
+        # Before ClientError: aiohttp's own timeout errors are both.
+        except TimeoutError:
+            raise _TransientError(username, f"timed out after {self._timeout}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            reason = "connection refused" if refused else f"cannot connect: {exc.os_error}"
+            raise _TransientError(username, reason) from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise _TransientError(username, f"connection broken ({type(exc).__name__})") from exc
+        except aiohttp.ClientError as exc:
+            raise FetchError(username, f"request failed ({type(exc).__name__})") from exc
+
+        # The Content-Type is not checked: web apps written for mod_http_roster_admin may send
+        # JSON as text/plain, and that module accepted it.
+        try:
+            return json.loads(body)
+        # RecursionError: absurdly deep nesting is not a roster either.
+        except (ValueError, RecursionError):
+            raise FetchError(username, "not JSON") from None
+
+    async def _read_capped(self, response: aiohttp.ClientResponse, username: str) -> bytes:
+        # Counted as it streams in: Content-Length may be absent (chunked) or compressed.
+        body = bytearray()
+        async for chunk in response.content.iter_any():
+            body += chunk
+            if len(body) > self._max_bytes:
+                raise FetchError(username, f"too large (over {self._max_bytes} bytes)")
+        return bytes(body)
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created on first use: a ClientSession belongs to the loop running when it is made.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                # Every fetch stands alone; cookies from one user's answer must not shape the
+                # next user's request.
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session

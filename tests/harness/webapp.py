@@ -1,0 +1,99 @@
+"""A fake web app serving rosters over real HTTP, with switchable failures."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Self
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+# How the next answer goes wrong, if it does.
+Answer = Literal["ok", "error", "garbage", "not_object", "hang"]
+# "down": not listening at all, so connections are refused.
+Mode = Answer | Literal["down"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    raw_path: str  # exactly as it arrived, still percent-encoded
+    username: str  # decoded from the path
+    headers: Mapping[str, str]
+
+
+class FakeWebApp:
+    """Serves GET /contacts/{username} from `rosters` on 127.0.0.1 and a free port.
+
+    `upcoming` answers are used one per request, first to last, before `mode` applies again:
+    `["error", "error"]` makes the next two requests fail with HTTP 500.
+    """
+
+    def __init__(self) -> None:
+        self.rosters: dict[str, dict[str, object]] = {}
+        self.requests: list[RecordedRequest] = []
+        self.upcoming: list[Answer] = []
+        self._mode: Mode = "ok"
+        self._port = 0
+        self._runner: web.AppRunner | None = None
+        # Set when stopping, so that hanging handlers return and shutdown does not wait on them.
+        self._release = asyncio.Event()
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @property
+    def url_template(self) -> str:
+        return f"http://127.0.0.1:{self._port}/contacts/%s"
+
+    async def set_mode(self, mode: Mode) -> None:
+        """Answer all further requests as *mode* says; "down" stops listening until changed."""
+        if mode == "down":
+            await self.stop()
+        elif self._runner is None:
+            await self.start()
+        self._mode = mode
+
+    async def start(self) -> None:
+        """Listen, on the same port as before if there was one."""
+        self._release = asyncio.Event()
+        app = web.Application()
+        app.router.add_get("/contacts/{username}", self._contacts)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            self._release.set()
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _contacts(self, request: web.Request) -> web.StreamResponse:
+        username = request.match_info["username"]
+        self.requests.append(RecordedRequest(request.raw_path, username, request.headers))
+        answer = self.upcoming.pop(0) if self.upcoming else self._mode
+        match answer:
+            case "error":
+                return web.Response(status=500, text="boom")
+            case "garbage":
+                return web.Response(text="<html>not json", content_type="application/json")
+            case "not_object":
+                return web.json_response([username])
+            case "hang":
+                await self._release.wait()
+                return web.Response(status=503)
+            case _:
+                return web.json_response(self.rosters.get(username, {}))
