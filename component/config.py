@@ -92,7 +92,7 @@ class ListenerConfig(_Section):
     """The refresh endpoint the web app calls."""
 
     host: str = "127.0.0.1"
-    port: Port = 5285
+    port: Annotated[int, Field(ge=0, le=65535)] = 5285  # 0: any free port
     token: str = Field(default="", repr=False)
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     max_users: Annotated[int, Field(ge=1)] = 10_000

@@ -68,7 +68,7 @@ class XmppAdapter:
         xmpp.register_plugin("xep_0030")
         for node in stanzas.delegation_disco_nodes(stanzas.ROSTER_NS):
             # The server asks for these nodes to nest our features in its own disco.
-            xmpp["xep_0030"].add_feature(stanzas.ROSTER_NS, node=node, jid=config.jid)
+            xmpp.plugin["xep_0030"].add_feature(stanzas.ROSTER_NS, node=node, jid=config.jid)
         xmpp.register_handler(
             Callback("advertisements", MatchXPath(f"{{{_NS}}}message"), self._on_message)
         )

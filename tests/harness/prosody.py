@@ -1,0 +1,436 @@
+# Test helpers take default timeouts so that a broken server fails a test instead of hanging it.
+# ruff: noqa: ASYNC109
+"""Real Prosody servers for tests, configured with the snippets shipped in deploy/prosody/.
+
+Two builds are supported: Debian 12's Prosody 0.12 (system-wide, /usr/bin/prosody) and
+Prosody 13 from bookworm-backports unpacked by scripts/bootstrap into .servers/prosody-13.
+
+Every server listens on loopback only, on free ports, with all of its files (config, data,
+pid, logs) in a work directory. Prosody and prosodyctl are always run with --config: without
+it they would start the system-wide server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import re
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEPLOY_DIR = REPO_ROOT / "deploy" / "prosody"
+SERVERS_DIR = REPO_ROOT / ".servers"
+
+BUILD_NAMES = ("0.12", "13")
+
+#: The names the shipped configuration uses; the harness substitutes its own.
+DEPLOY_CONFIG = "http_roster_admin.cfg.lua"
+DEPLOY_DOMAIN = "example.org"
+DEPLOY_COMPONENT = "roster.example.org"
+DEPLOY_SECRET = "change-me-to-a-long-random-secret"
+DEPLOY_RULES_DIR = "/etc/prosody/http_roster_admin/"
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+_POLL_INTERVAL = 0.02
+_PORT_ATTEMPTS = 3
+_PR_SET_PDEATHSIG = 1
+
+
+class ProsodyError(RuntimeError):
+    """A Prosody server or tool failed; the message carries the relevant log lines."""
+
+
+class _PortBusyError(ProsodyError):
+    """Prosody could not bind one of its ports."""
+
+
+@dataclass(frozen=True)
+class ProsodyBuild:
+    """One installed Prosody: its launchers and where its modules live."""
+
+    name: str
+    prosody: Path
+    prosodyctl: Path
+    source_dir: Path
+
+    @property
+    def modules_dir(self) -> Path:
+        return self.source_dir / "modules"
+
+    @property
+    def version(self) -> str:
+        return (self.source_dir / "prosody.version").read_text().strip()
+
+    @property
+    def id(self) -> str:
+        return f"prosody-{self.name}"
+
+    def problems(self) -> list[str]:
+        """What is missing for this build to run our configuration (empty when usable)."""
+        needed = [
+            self.prosody,
+            self.prosodyctl,
+            self.source_dir / "prosody.version",
+            *(
+                self.modules_dir / f"mod_{mod}" / f"mod_{mod}.lua"
+                for mod in ("privilege", "delegation", "firewall")
+            ),
+        ]
+        if not self.prosody.exists():
+            return [f"{self.prosody} not found"]
+        missing = [f"missing {path}" for path in needed if not path.exists()]
+        if not missing and not self.version.startswith(f"{self.name}."):
+            missing.append(f"{self.source_dir} holds version {self.version}, not {self.name}")
+        return missing
+
+
+def known_builds(servers_dir: Path = SERVERS_DIR) -> dict[str, ProsodyBuild]:
+    """Where each supported build is expected, whether or not it is installed."""
+    p13 = servers_dir / "prosody-13"
+    return {
+        "0.12": ProsodyBuild(
+            name="0.12",
+            prosody=Path("/usr/bin/prosody"),
+            prosodyctl=Path("/usr/bin/prosodyctl"),
+            source_dir=Path("/usr/lib/prosody"),
+        ),
+        "13": ProsodyBuild(
+            name="13",
+            prosody=p13 / "bin" / "prosody",
+            prosodyctl=p13 / "bin" / "prosodyctl",
+            source_dir=p13 / "usr" / "lib" / "prosody",
+        ),
+    }
+
+
+def find_builds(servers_dir: Path = SERVERS_DIR) -> dict[str, ProsodyBuild]:
+    """The supported builds that are installed and usable, by name ("0.12", "13")."""
+    return {name: b for name, b in known_builds(servers_dir).items() if not b.problems()}
+
+
+def require_build(name: str, servers_dir: Path = SERVERS_DIR) -> ProsodyBuild:
+    """The build called `name`, or ProsodyError saying how to install it."""
+    build = known_builds(servers_dir)[name]
+    problems = build.problems()
+    if problems:
+        raise ProsodyError(
+            f"Prosody {name} is not usable ({'; '.join(problems)}): run scripts/bootstrap"
+        )
+    return build
+
+
+def render_deploy_config(
+    *, domain: str, component_jid: str, component_secret: str, delegate_roster: bool
+) -> str:
+    """deploy/prosody/http_roster_admin.cfg.lua with the names an operator would substitute.
+
+    For the non-delegated mode, do what its comments tell an operator: delete the
+    "delegations" line and enable block_roster_sets.pfw.
+    """
+    text = (DEPLOY_DIR / DEPLOY_CONFIG).read_text()
+    names = {DEPLOY_COMPONENT: component_jid, DEPLOY_DOMAIN: domain}
+    text = re.sub(
+        "|".join(re.escape(n) for n in names),  # the longer name first
+        lambda m: names[m.group(0)],
+        text,
+    )
+    text = _replace_once(text, f'"{DEPLOY_SECRET}"', _lua_str(component_secret))
+    text = text.replace(DEPLOY_RULES_DIR, f"{DEPLOY_DIR}/")
+    if not delegate_roster:
+        text = _sub_once(text, r"(?m)^\s*delegations\s*=.*\n", "")
+        text = _sub_once(text, r'(?m)^(\s*)-- ("[^"]*/block_roster_sets\.pfw";)', r"\1\2")
+    return text
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    if text.count(old) != 1:
+        raise ProsodyError(f"{DEPLOY_CONFIG}: expected {old!r} exactly once")
+    return text.replace(old, new)
+
+
+def _sub_once(text: str, pattern: str, repl: str) -> str:
+    new, count = re.subn(pattern, repl, text)
+    if count != 1:
+        raise ProsodyError(f"{DEPLOY_CONFIG}: expected one match for {pattern!r}, got {count}")
+    return new
+
+
+def _lua_str(value: str | Path) -> str:
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports that are free on 127.0.0.1 right now."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Have the kernel kill the server if the test process dies without stopping it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class ProsodyServer:
+    """One Prosody process with our shipped configuration, on loopback.
+
+    Use ``async with ProsodyServer(...) as server`` or call start() and stop().
+    """
+
+    def __init__(
+        self,
+        build: ProsodyBuild,
+        workdir: Path,
+        *,
+        domain: str = "example.test",
+        component_jid: str = "roster.example.test",
+        component_secret: str = "test-component-secret",  # noqa: S107 - test-only
+        delegate_roster: bool = True,
+    ) -> None:
+        self.build = build
+        self.workdir = workdir
+        self.domain = domain
+        self.component_jid = component_jid
+        self.component_secret = component_secret
+        self.delegate_roster = delegate_roster
+        self.c2s_port, self.component_port = free_ports(2)
+        self.config_path = workdir / "prosody.cfg.lua"
+        self.deploy_config_path = workdir / DEPLOY_CONFIG
+        self.data_dir = workdir / "data"
+        self.log_path = workdir / "prosody.log"
+        self.console_path = workdir / "prosody.console"
+        self.pid_path = workdir / "prosody.pid"
+        self.start_seconds: float | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._console: IO[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<ProsodyServer {self.build.id} {self.domain} c2s={self.c2s_port} "
+            f"component={self.component_port} delegate_roster={self.delegate_roster}>"
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    def render_config(self) -> str:
+        """The main config file: test-only globals, then the shipped snippet via Include."""
+        modules = ["roster", "saslauth", "disco", "ping"]
+        if self.build.name == "0.12":
+            modules.append("posix")  # writes the pidfile on 0.12; deprecated (a no-op) on 13
+        lua_modules = "; ".join(_lua_str(m) for m in modules)
+        return f"""\
+-- Generated by tests/harness/prosody.py for one test server ({self.build.id}).
+run_as_root = true
+pidfile = {_lua_str(self.pid_path)}
+data_path = {_lua_str(self.data_dir)}
+log = {{ debug = {_lua_str(self.log_path)} }}
+
+interfaces = {{ "127.0.0.1" }}
+local_interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {self.c2s_port} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+component_ports = {{ {self.component_port} }}
+component_interfaces = {{ "127.0.0.1" }}
+c2s_direct_tls_ports = {{}}
+s2s_ports = {{}}
+s2s_direct_tls_ports = {{}}
+http_ports = {{}}
+https_ports = {{}}
+
+c2s_require_encryption = false
+s2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+authentication = "internal_plain"
+storage = "internal"
+
+modules_enabled = {{ {lua_modules} }}
+-- Tests never talk to other servers: no outgoing s2s, even for remote contacts' presence.
+modules_disabled = {{ "s2s" }}
+
+-- The operator's own host; the shipped snippet below reopens it and adds its options.
+VirtualHost {_lua_str(self.domain)}
+
+-- What an operator installs (deploy/prosody/{DEPLOY_CONFIG}, names substituted):
+Include {_lua_str(self.deploy_config_path)}
+"""
+
+    def write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(exist_ok=True)
+        (self.workdir / "certs").mkdir(exist_ok=True)  # none needed; avoids a logged error
+        self.deploy_config_path.write_text(
+            render_deploy_config(
+                domain=self.domain,
+                component_jid=self.component_jid,
+                component_secret=self.component_secret,
+                delegate_roster=self.delegate_roster,
+            )
+        )
+        self.config_path.write_text(self.render_config())
+
+    async def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Spawn Prosody in the foreground; return once it listens on both ports.
+
+        Should another process have taken one of the ports since they were picked, the first
+        start moves to new ones; later starts (restart()) keep their ports or fail.
+        """
+        if self.running:
+            raise ProsodyError(f"{self!r} is already running")
+        for attempt in range(_PORT_ATTEMPTS):
+            try:
+                await self._start_once(timeout)
+            except _PortBusyError:
+                if self.start_seconds is not None or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+                self.c2s_port, self.component_port = free_ports(2)
+            else:
+                return
+
+    async def _start_once(self, timeout: float) -> None:
+        self.write_config()
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        began = time.monotonic()
+        self._console = self.console_path.open("ab")
+        self._process = process = await asyncio.create_subprocess_exec(
+            str(self.build.prosody),
+            "--config",
+            str(self.config_path),
+            "-F",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._console,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=self.workdir,
+            preexec_fn=_die_with_parent,  # one prctl() call: safe between fork and exec
+        )
+        # Prosody logs each listening service once bound (line-buffered): that line, not a
+        # connection attempt, proves that the port is ours.
+        wanted = [
+            f"Activated service 'c2s' on [127.0.0.1]:{self.c2s_port}",
+            f"Activated service 'component' on [127.0.0.1]:{self.component_port}",
+        ]
+        deadline = began + timeout
+        while True:
+            log_text = self._read_log(log_offset)
+            if "Failed to open server port" in log_text:
+                await self.stop()
+                raise _PortBusyError(f"{self!r}: a port is taken\n{self.log_tail()}")
+            if all(line in log_text for line in wanted):
+                break
+            if process.returncode is not None:
+                await self._cleanup()
+                raise ProsodyError(
+                    f"{self!r} exited with {process.returncode} while starting\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise ProsodyError(f"{self!r} not ready after {timeout} s\n{self.log_tail()}")
+            await asyncio.sleep(_POLL_INTERVAL)
+        self.start_seconds = time.monotonic() - began
+
+    def _read_log(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(offset)
+                return log_file.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, wait, then SIGKILL if it is still running. Keeps the data directory."""
+        process = self._process
+        if process is None:
+            return
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            await self._process.wait()
+        self._process = None
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+
+    async def restart(self) -> None:
+        """Stop and start again on the same ports, keeping users and rosters."""
+        await self.stop()
+        await self.start()
+
+    async def prosodyctl(self, *args: str, timeout: float = 30.0) -> str:
+        """Run ``prosodyctl --config <ours> *args``; returns its output, raises on failure."""
+        process = await asyncio.create_subprocess_exec(
+            str(self.build.prosodyctl),
+            "--config",
+            str(self.config_path),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), timeout)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise ProsodyError(f"prosodyctl {args[0]} timed out after {timeout} s") from None
+        text = out.decode(errors="replace")
+        if process.returncode != 0:
+            raise ProsodyError(f"prosodyctl {' '.join(args[:2])} failed: {text.strip()}")
+        return text
+
+    async def register(self, user: str, password: str) -> str:
+        """Create the account `user`@domain; returns its bare JID."""
+        if not self.config_path.exists():
+            self.write_config()
+        await self.prosodyctl("register", user, self.domain, password)
+        return f"{user}@{self.domain}"
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The last lines of the server's console output and log, for failure messages."""
+        parts = []
+        for path in (self.console_path, self.log_path):
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path} (last {len(tail)} lines) ---\n" + "\n".join(tail))
+        return "\n".join(parts) or f"(no output in {self.workdir})"
+
+    def log_text(self) -> str:
+        """The whole debug log so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

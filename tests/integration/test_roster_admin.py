@@ -1,0 +1,223 @@
+"""End to end on real Prosody 0.12 and 13, in both modes: the web app owns every roster."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.harness.xmpp_client import StanzaError
+from tests.integration.conftest import System, eventually, item, jid
+
+if TYPE_CHECKING:
+    from tests.harness.xmpp_client import TestClient
+
+pytestmark = pytest.mark.integration
+
+ALICE_ROSTER = {
+    jid("bob"): {"name": "Bob", "groups": ["Friends", "Team"]},
+    jid("carol"): {"name": "Carol"},
+}
+ALICE_EXPECTED = {
+    jid("bob"): item("Bob", ["Friends", "Team"]),
+    jid("carol"): item("Carol"),
+}
+
+
+async def logged_in_roster(system: System, client: TestClient) -> dict[str, object]:
+    """The roster a client ends up with after logging in and sending initial presence.
+
+    Delegated: the first roster request is already the web app's roster. Otherwise the
+    server answers from its store, and the login sync corrects it with pushes.
+    """
+    roster = await client.get_roster()
+    await client.send_presence()
+    if not system.delegated:
+
+        async def settled() -> bool:
+            nonlocal roster
+            roster = await client.get_roster()
+            return dict(roster) == system.expected
+
+        await eventually(settled)
+    return dict(roster)
+
+
+@pytest.fixture(name="alice_roster")
+def fixture_alice_roster(system: System) -> System:
+    system.set_roster("alice", ALICE_ROSTER)
+    system.expected = ALICE_EXPECTED
+    return system
+
+
+async def test_login_roster_equals_the_web_app(alice_roster: System) -> None:
+    """A user's roster after login is the web app's: names, groups, subscription both."""
+    system = alice_roster
+    async with system.client("alice") as alice:
+        if system.delegated:
+            assert await alice.get_roster() == ALICE_EXPECTED
+        else:
+            assert await logged_in_roster(system, alice) == ALICE_EXPECTED
+    assert system.webapp.requests[0].raw_path == "/contacts/alice"
+
+
+async def test_refresh_changes_are_pushed_to_online_clients(alice_roster: System) -> None:
+    """Adds, removals, renames and regroups reach an online client as roster pushes."""
+    system = alice_roster
+    async with system.client("alice") as alice:
+        await logged_in_roster(system, alice)
+        alice.pushes.clear()
+        system.set_roster(
+            "alice",
+            {
+                jid("bob"): {"name": "Robert", "groups": ["Team"]},
+                jid("dave"): {"name": "Dave", "groups": ["New"]},
+            },
+        )
+        status, body = await system.refresh(["alice"])
+        assert (status, body["status"], body["updated"], body["errors"]) == (200, "ok", 1, 0)
+
+        await alice.wait_for_push(lambda p: p.items.get(jid("dave")) == item("Dave", ["New"]))
+        await alice.wait_for_push(
+            lambda p: p.items.get(jid("carol"), {}).get("subscription") == "remove"
+        )
+        await alice.wait_for_push(lambda p: p.items.get(jid("bob")) == item("Robert", ["Team"]))
+        assert await alice.get_roster() == {
+            jid("bob"): item("Robert", ["Team"]),
+            jid("dave"): item("Dave", ["New"]),
+        }
+
+
+async def test_offline_users_are_refreshed_for_their_next_login(alice_roster: System) -> None:
+    """A refresh of an offline user is stored by the server and seen at the next login."""
+    system = alice_roster
+    status, body = await system.refresh(["alice", "bob"])
+    assert (status, body["updated"], body["errors"]) == (200, 2, 0)
+    # The web app goes down: what alice sees next can only come from the server's store.
+    await system.webapp.set_mode("error")
+    async with system.client("alice") as alice:
+        assert await alice.get_roster() == ALICE_EXPECTED
+
+
+async def test_roster_changes_from_users_are_refused(alice_roster: System) -> None:
+    """Adding, renaming or removing from a client is refused and changes nothing."""
+    system = alice_roster
+    async with system.client("alice") as alice:
+        await logged_in_roster(system, alice)
+        for attempt in (
+            alice.set_roster_item(jid("mallory"), "Mallory"),
+            alice.set_roster_item(jid("bob"), "Not Bob", ["Elsewhere"]),
+            alice.remove_roster_item(jid("carol")),
+        ):
+            with pytest.raises(StanzaError) as refused:
+                await attempt
+            assert refused.value.condition == "not-allowed"
+        assert await alice.get_roster() == ALICE_EXPECTED
+    assert system.app is not None
+    stored = await system.app.syncer.current_roster("alice")
+    assert sorted(stored) == sorted(ALICE_EXPECTED)
+
+
+async def test_another_users_roster_cannot_be_read(alice_roster: System) -> None:
+    """A roster request addressed to someone else's JID is refused and reveals nothing."""
+    system = alice_roster
+    await system.refresh(["alice"])
+    async with system.client("bob") as bob:
+        with pytest.raises(StanzaError) as refused:
+            await bob.get_roster_of(jid("alice"))
+    assert refused.value.condition in {"forbidden", "service-unavailable", "not-allowed"}
+    assert "carol" not in refused.value.xml
+
+
+@pytest.mark.parametrize("failure", ["error", "garbage", "not_object", "hang", "down"])
+async def test_web_app_failure_keeps_the_last_good_roster(
+    alice_roster: System, failure: str
+) -> None:
+    """Web app down or talking nonsense: refresh reports errors promptly, rosters stay."""
+    system = alice_roster
+    assert (await system.refresh(["alice"]))[1]["updated"] == 1
+    await system.webapp.set_mode(failure)  # type: ignore[arg-type]
+    began = time.monotonic()
+    status, body = await system.refresh(["alice"])
+    assert (status, body["status"], body["updated"], body["errors"]) == (502, "error", 0, 1)
+    assert body["failed"] == ["alice"]
+    # Two attempts of at most 1 s each, plus the backoff between them.
+    assert time.monotonic() - began < 6
+    async with system.client("alice") as alice:
+        assert await alice.get_roster() == ALICE_EXPECTED
+
+
+async def test_refresh_endpoint_contract(system: System) -> None:
+    """[] answers zero counts; malformed bodies get 400; a wrong token gets 401."""
+    assert await system.refresh([]) == (
+        200,
+        {"status": "ok", "message": "roster update complete", "updated": 0, "errors": 0,
+         "failed": []},
+    )  # fmt: skip
+    for body in ("{", '{"alice": true}', "[1, 2]"):
+        status, answer = await system.refresh(body)
+        assert (status, answer["status"]) == (400, "error")
+    status, _ = await system.refresh(["alice"], token="wrong")
+    assert status == 401
+    assert system.webapp.requests == []
+
+
+async def test_refresh_gets_503_while_the_xmpp_link_is_down(alice_roster: System) -> None:
+    """Server gone: refresh answers 503 and does nothing; back again: the component recovers."""
+    system = alice_roster
+    assert system.app is not None
+    await system.server.stop()
+    app = system.app
+    await eventually(lambda: not app.xmpp.ready)
+    status, body = await system.refresh(["alice"])
+    assert (status, body["status"]) == (503, "error")
+    assert system.webapp.requests == []
+    await system.server.start()
+    async with asyncio.timeout(15):
+        await app.xmpp.wait_ready()
+    status, body = await system.refresh(["alice"])
+    assert (status, body["updated"]) == (200, 1)
+
+
+async def test_what_clients_see_while_the_component_is_down(alice_roster: System) -> None:
+    """Delegated: roster requests fail while the component is down. Otherwise: the server's
+    stored roster is served as if nothing happened."""
+    system = alice_roster
+    await system.refresh(["alice"])
+    await system.stop_component()
+    async with system.client("alice") as alice:
+        if system.delegated:
+            with pytest.raises(StanzaError) as failed:
+                await alice.get_roster()
+            assert failed.value.condition == "service-unavailable"
+        else:
+            assert await alice.get_roster() == ALICE_EXPECTED
+    await system.start_component()
+    async with system.client("alice") as alice:
+        assert await alice.get_roster() == ALICE_EXPECTED
+
+
+async def test_user_coming_online_is_synced(alice_roster: System) -> None:
+    """A roster that changed in the web app without a refresh is corrected at login."""
+    system = alice_roster
+    await system.refresh(["alice"])
+    system.set_roster("alice", {jid("dave"): {"name": "Dave"}})
+    system.expected = {jid("dave"): item("Dave")}
+    async with system.client("alice") as alice:
+        assert await logged_in_roster(system, alice) == {jid("dave"): item("Dave")}
+
+
+async def test_subscription_requests_change_no_roster(alice_roster: System) -> None:
+    """A user's subscribe/unsubscribe is refused by the shipped server config."""
+    system = alice_roster
+    async with system.client("alice") as alice:
+        await logged_in_roster(system, alice)
+        for kind in ("subscribe", "unsubscribe"):
+            alice.errors.clear()
+            await alice.send_subscription(jid("dave"), kind)
+            error = await alice.wait_for_error()
+            assert error.error is not None
+            assert error.error.condition == "not-allowed"
+        assert await alice.get_roster() == ALICE_EXPECTED
