@@ -68,7 +68,7 @@ class XmppAdapter:
         xmpp.register_plugin("xep_0030")
         for node in stanzas.delegation_disco_nodes(stanzas.ROSTER_NS):
             # The server asks for these nodes to nest our features in its own disco.
-            xmpp.plugin["xep_0030"].add_feature(stanzas.ROSTER_NS, node=node, jid=config.jid)
+            xmpp.plugin["xep_0030"].add_feature(stanzas.ROSTER_NS, node=node, jid=JID(config.jid))
         xmpp.register_handler(
             Callback("advertisements", MatchXPath(f"{{{_NS}}}message"), self._on_message)
         )
@@ -154,7 +154,9 @@ class XmppAdapter:
         self._delegated = frozenset()
         self._set_ready(ready=False)
         if was_connected:
-            log.warning("xmpp.disconnected", reason=str(reason) if reason else None)
+            (log.info if self._stopping else log.warning)(
+                "xmpp.disconnected", reason=str(reason) if reason else None
+            )
         self._schedule_reconnect()
 
     def _on_connection_failed(self, error: object) -> None:
@@ -190,31 +192,42 @@ class XmppAdapter:
                 presence=self._privileges.presence,
                 iq=self._privileges.iq,
             )
-            if not self._privileges.can_read_rosters() or not self._privileges.can_write_rosters():
-                log.error(
-                    "xmpp.privileges_insufficient",
-                    roster=self._privileges.roster,
-                    hint=f'grant roster = "both" to {self._config.jid} in privileged_entities',
-                )
-            if self._privileges.presence != "roster":
-                log.warning(
-                    "xmpp.presence_privilege_missing",
-                    hint='grant presence = "roster" so users are synced when they come online',
-                )
-            self._set_ready(
-                ready=self._privileges.can_read_rosters() and self._privileges.can_write_rosters()
-            )
         delegated = stanzas.delegated_namespaces(msg.xml)
         if delegated is not None:
             self._delegated = delegated
             log.info("xmpp.delegations", namespaces=sorted(delegated))
-            if stanzas.ROSTER_NS in delegated and not self._privileges.can_send_iq(
-                stanzas.ROSTER_NS, "set"
-            ):
-                log.warning(
-                    "xmpp.push_privilege_missing",
-                    hint='grant iq = { ["jabber:iq:roster"] = "both" } so clients get pushes',
+        if privilege is not None or delegated is not None:
+            self._check_grants(privileges_known=privilege is not None)
+
+    def _check_grants(self, *, privileges_known: bool) -> None:
+        """Become ready, or say what the server's configuration lacks.
+
+        The two advertisements arrive in either order; each is checked once both could be.
+        """
+        granted = self._privileges
+        can_sync = granted.can_read_rosters() and granted.can_write_rosters()
+        if privileges_known:
+            if not can_sync:
+                log.error(
+                    "xmpp.privileges_insufficient",
+                    roster=granted.roster,
+                    hint=f'grant roster = "both" to {self._config.jid} in privileged_entities',
                 )
+            if granted.presence != "roster":
+                log.warning(
+                    "xmpp.presence_privilege_missing",
+                    hint='grant presence = "roster" so users are synced when they come online',
+                )
+        if (
+            stanzas.ROSTER_NS in self._delegated
+            and can_sync
+            and not granted.can_send_iq(stanzas.ROSTER_NS, "set")
+        ):
+            log.warning(
+                "xmpp.push_privilege_missing",
+                hint='grant iq = { ["jabber:iq:roster"] = "both" } so clients get pushes',
+            )
+        self._set_ready(ready=can_sync)
 
     # --- presence ------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from tests.harness.webapp import FakeWebApp
 from tests.harness.xmpp_client import TestClient, connected_client
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
     from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
@@ -42,11 +42,9 @@ def item(name: str | None = None, groups: list[str] | None = None) -> dict[str, 
     return {"name": name, "groups": sorted(groups or []), "subscription": "both"}
 
 
-async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0
-) -> None:
+async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float = 10.0) -> None:
     """Poll until ``check`` holds: for state that settles through asynchronous work."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         while True:
             result = check()
             if inspect.isawaitable(result):
@@ -83,9 +81,8 @@ class System:
             await self.app.xmpp.wait_ready()
         if self.delegated:
             # Delegation is advertised separately from privileges; wait for both.
-            async with asyncio.timeout(READY_TIMEOUT):
-                while "jabber:iq:roster" not in self.app.xmpp.delegated:
-                    await asyncio.sleep(0.02)
+            xmpp = self.app.xmpp
+            await eventually(lambda: "jabber:iq:roster" in xmpp.delegated, READY_TIMEOUT)
         return self.app
 
     async def stop_component(self) -> None:
@@ -108,8 +105,8 @@ class System:
         ) as response:
             return response.status, await response.json()
 
-    def set_roster(self, user: str, roster: dict[str, dict[str, Any]]) -> None:
-        self.webapp.rosters[user] = roster
+    def set_roster(self, user: str, roster: Mapping[str, object]) -> None:
+        self.webapp.rosters[user] = dict(roster)
 
 
 @pytest.fixture(params=[True, False], ids=["delegated", "server-answers"])

@@ -1,0 +1,144 @@
+"""The quick-start demo: a local Prosody, a demo web app and the component, for real.
+
+It starts Prosody on loopback with the shipped configuration, a small web app that owns the
+rosters, and `http-roster-admin run` as its own process; then logs in as alice, shows her
+roster arriving from the web app, changes it in the web app, posts a refresh and shows the
+roster pushes that reach her client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+
+from tests.harness.prosody import ProsodyServer, free_ports, require_build
+from tests.harness.webapp import FakeWebApp
+from tests.harness.xmpp_client import Roster, connected_client
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAIN = "example.test"
+TOKEN = "demo-token"
+ROSTERS: dict[str, dict[str, object]] = {
+    "alice": {
+        f"bob@{DOMAIN}": {"name": "Bob", "groups": ["Friends"]},
+        f"carol@{DOMAIN}": {"name": "Carol", "groups": ["Work", "Friends"]},
+    },
+}
+
+
+def show(title: str, roster: Roster) -> None:
+    print(f"\n{title}")
+    for jid, entry in sorted(roster.items()):
+        groups = ", ".join(entry["groups"]) or "-"
+        print(f"  {jid:<22} name={entry['name']!s:<8} groups={groups:<16} {entry['subscription']}")
+
+
+def write_config(path: Path, server: ProsodyServer, webapp: FakeWebApp, port: int) -> None:
+    path.write_text(
+        f"""[component]
+jid = "{server.component_jid}"
+secret = "{server.component_secret}"
+port = {server.component_port}
+[users]
+domain = "{DOMAIN}"
+[webapp]
+roster_url = "{webapp.url_template}"
+[listener]
+port = {port}
+token = "{TOKEN}"
+[server]
+kind = "prosody"
+delegate_roster = {str(server.delegate_roster).lower()}
+[log]
+format = "console"
+"""
+    )
+
+
+async def wait_healthy(http: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            if process.returncode is not None:
+                sys.exit(f"the component exited with code {process.returncode}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+
+
+async def demo(build: str, delegate: bool, keep_running: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="roster-demo-") as tmp:
+        work = Path(tmp)
+        server = ProsodyServer(require_build(build), work / "prosody", delegate_roster=delegate)
+        async with server, FakeWebApp() as webapp, aiohttp.ClientSession() as http:
+            for user in ("alice", "bob", "carol", "dave"):
+                await server.register(user, "demo")
+            webapp.rosters.update(ROSTERS)
+            config = work / "config.toml"
+            (port,) = free_ports(1)
+            write_config(config, server, webapp, port)
+            print(f"Prosody {server.build.version} on 127.0.0.1:{server.c2s_port} (c2s), "
+                  f"web app at {webapp.url_template}, component config {config}")  # fmt: skip
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "component", "run", "--config", str(config)
+            )
+            url = f"http://127.0.0.1:{port}"
+            try:
+                await wait_healthy(http, url, process)
+                await run_story(server, webapp, http, url)
+                if keep_running:
+                    print(f"\nRunning. Users alice/bob/carol/dave, password 'demo', on "
+                          f"127.0.0.1:{server.c2s_port}. Ctrl-C stops everything.")  # fmt: skip
+                    await asyncio.Event().wait()
+            finally:
+                process.terminate()
+                await process.wait()
+
+
+async def run_story(
+    server: ProsodyServer, webapp: FakeWebApp, http: aiohttp.ClientSession, url: str
+) -> None:
+    async with connected_client(f"alice@{DOMAIN}", "demo", server.c2s_port) as alice:
+        show("alice logs in; her roster, as the web app says:", await alice.get_roster())
+        await alice.send_presence()
+
+        webapp.rosters["alice"] = {
+            f"bob@{DOMAIN}": {"name": "Bobby", "groups": ["Friends"]},
+            f"dave@{DOMAIN}": {"name": "Dave", "groups": ["Work"]},
+        }
+        print("\nThe web app renames bob, drops carol, adds dave and posts a refresh:")
+        alice.pushes.clear()
+        async with http.post(
+            f"{url}/roster_admin/refresh",
+            json=["alice"],
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as response:
+            print(f"  POST /roster_admin/refresh -> {response.status} {await response.text()}")
+        await alice.wait_for_push(lambda _: len(alice.pushes.items) == 3)
+        for push in alice.pushes.items:
+            for jid, entry in push.items.items():
+                print(f"  push to alice: {jid:<22} name={entry['name']!s:<8} {entry['subscription']}")
+        show("alice's roster now:", await alice.get_roster())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prosody", choices=["0.12", "13"], default="13")
+    parser.add_argument("--no-delegation", action="store_true", help="server answers rosters")
+    parser.add_argument("--keep-running", action="store_true", help="stay up for your client")
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(demo(args.prosody, not args.no_delegation, args.keep_running))
+
+
+if __name__ == "__main__":
+    main()
