@@ -24,7 +24,7 @@ from tests.harness.xmpp_client import Roster, connected_client
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = "example.test"
-TOKEN = "demo-token"
+TOKEN = "demo-token"  # noqa: S105 -- a demo on loopback
 ROSTERS: dict[str, dict[str, object]] = {
     "alice": {
         f"bob@{DOMAIN}": {"name": "Bob", "groups": ["Friends"]},
@@ -62,7 +62,9 @@ format = "console"
     )
 
 
-async def wait_healthy(http: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process) -> None:
+async def wait_healthy(
+    http: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process
+) -> None:
     async with asyncio.timeout(20):
         while True:
             if process.returncode is not None:
@@ -125,7 +127,9 @@ async def run_story(
         await alice.wait_for_push(lambda _: len(alice.pushes.items) == 3)
         for push in alice.pushes.items:
             for jid, entry in push.items.items():
-                print(f"  push to alice: {jid:<22} name={entry['name']!s:<8} {entry['subscription']}")
+                print(
+                    f"  push to alice: {jid:<22} name={entry['name']!s:<8} {entry['subscription']}"
+                )
         show("alice's roster now:", await alice.get_roster())
 
 
