@@ -128,7 +128,8 @@ class Syncer:
         bound = log.bind(user=user)
         began = time.perf_counter()
         try:
-            parsed = await self._fetcher.fetch(username, user)
+            with metrics.FETCH_SECONDS.time():
+                parsed = await self._fetcher.fetch(username, user)
         except FetchError as exc:
             metrics.SYNCS.labels(result="fetch_failed").inc()
             bound.warning("sync.fetch_failed", reason=exc.reason)

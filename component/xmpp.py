@@ -61,6 +61,8 @@ class XmppAdapter:
         self._attempt = 0
         self._reconnect: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # slixmpp slows down with many IQs in flight (every one is a handler to scan).
+        self._push_slots = asyncio.Semaphore(64)
         # user bare JID -> full JIDs to push roster changes to (see _track_resource).
         self._resources: dict[str, set[str]] = {}
 
@@ -98,10 +100,6 @@ class XmppAdapter:
     @property
     def connected(self) -> bool:
         return self._connected
-
-    @property
-    def privileges(self) -> stanzas.Privileges:
-        return self._privileges
 
     @property
     def delegated(self) -> frozenset[str]:
@@ -260,19 +258,29 @@ class XmppAdapter:
         self._spawn(self._answer_delegated(iq))
 
     async def _answer_delegated(self, iq: Any) -> None:
+        if iq["from"].full != self._domain:
+            # Only the server may hand us a user's request: anyone else could forge the
+            # forwarded sender and read or probe another user's roster.
+            log.warning("xmpp.delegation_spoofed", sender=iq["from"].full)
+            self._send_error(iq, "auth", "forbidden")
+            return
         request = stanzas.parse_delegated(iq.xml)
         if request is None:
             log.warning("xmpp.delegation_malformed", stanza=str(iq))
-            error = iq.reply(clear=True)
-            error["type"] = "error"
-            error["error"]["type"] = "modify"
-            error["error"]["condition"] = "bad-request"
-            error.send()
+            self._send_error(iq, "modify", "bad-request")
             return
         reply = iq.reply(clear=True)
         answer = await self._answer(request)
         reply.append(answer)
         reply.send()
+
+    @staticmethod
+    def _send_error(iq: Any, error_type: str, condition: str) -> None:
+        error = iq.reply(clear=True)
+        error["type"] = "error"
+        error["error"]["type"] = error_type
+        error["error"]["condition"] = condition
+        error.send()
 
     async def _answer(self, request: stanzas.DelegatedRequest) -> ET.Element:
         refusal = self._refusal(request)
@@ -360,11 +368,13 @@ class XmppAdapter:
     async def _push_one(self, user: str, resource: str, payload: ET.Element) -> None:
         wrapped = stanzas.privileged_iq(user, resource, uuid.uuid4().hex, payload)
         try:
-            await self.send_iq(user, "set", wrapped)
+            async with self._push_slots:
+                await self.send_iq(user, "set", wrapped)
         except StoreError as exc:
-            # A client that went away without us seeing its presence: stop pushing to it.
             log.info("roster.push_failed", resource=resource, error=str(exc))
-            self._forget_resource(JID(resource))
+            if exc.condition != "remote-server-timeout":
+                # The resource is gone and we missed its unavailable presence: stop pushing.
+                self._forget_resource(JID(resource))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)

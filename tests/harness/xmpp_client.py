@@ -300,6 +300,14 @@ class TestClient:
         iq.append(roster_query(jid, name=name, groups=groups, subscription=subscription))
         await _send_iq(iq, timeout)
 
+    async def send_iq(
+        self, iq_type: str, to: str, payload: ET.Element, timeout: float = DEFAULT_TIMEOUT
+    ) -> ET.Element:
+        """Any IQ with ``payload``; the result's XML, or StanzaError."""
+        iq = self.xmpp.make_iq(ito=to, itype=iq_type)
+        iq.append(payload)
+        return await _send_iq(iq, timeout)
+
     async def remove_roster_item(self, jid: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         await self.set_roster_item(jid, subscription="remove", timeout=timeout)
 

@@ -74,9 +74,11 @@ class System:
         assert self.app is not None
         return f"http://127.0.0.1:{self.app.http_port}"
 
-    async def start_component(self) -> Application:
+    async def start_component(self, *, wait: bool = True) -> Application:
         self.app = Application(config.load(self.config_path, environ={}))
         await self.app.start()
+        if not wait:
+            return self.app
         async with asyncio.timeout(READY_TIMEOUT):
             await self.app.xmpp.wait_ready()
         if self.delegated:

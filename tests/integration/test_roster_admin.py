@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import TYPE_CHECKING
+from xml.etree import ElementTree as ET
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.harness.xmpp_client import StanzaError
 from tests.integration.conftest import System, eventually, item, jid
@@ -221,3 +223,36 @@ async def test_subscription_requests_change_no_roster(alice_roster: System) -> N
             assert error.error is not None
             assert error.error.condition == "not-allowed"
         assert await alice.get_roster() == ALICE_EXPECTED
+
+
+async def test_a_user_cannot_forge_a_delegated_request(alice_roster: System) -> None:
+    """Only the server may forward requests: bob posing as the server learns nothing."""
+    system = alice_roster
+    await system.refresh(["alice"])
+    forged = ET.fromstring(  # noqa: S314 -- written here
+        "<delegation xmlns='urn:xmpp:delegation:2'><forwarded xmlns='urn:xmpp:forward:0'>"
+        f"<iq xmlns='jabber:client' type='get' id='x' from='{jid('alice')}/r'>"
+        "<query xmlns='jabber:iq:roster'/></iq></forwarded></delegation>"
+    )
+    async with system.client("bob") as bob:
+        with pytest.raises(StanzaError) as refused:
+            await bob.send_iq("set", system.server.component_jid, forged)
+    assert refused.value.condition == "forbidden"
+    assert "carol" not in refused.value.xml
+
+
+async def test_wrong_component_secret_is_reported_and_never_ready(system: System) -> None:
+    """A bad secret: the log says what to check, health says 503, refreshes get 503."""
+    await system.stop_component()
+    text = system.config_path.read_text()
+    system.config_path.write_text(text.replace(system.server.component_secret, "wrong"))
+    with capture_logs() as logs:
+        app = await system.start_component(wait=False)
+        await eventually(lambda: any(e["event"] == "xmpp.stream_error" for e in logs))
+        async with system.http.get(f"{system.url}/healthz") as response:
+            assert response.status == 503
+        assert (await system.refresh(["alice"]))[0] == 503
+    error = next(e for e in logs if e["event"] == "xmpp.stream_error")
+    assert error["condition"] == "not-authorized"
+    assert "component.secret" in error["hint"]
+    assert not app.xmpp.ready
