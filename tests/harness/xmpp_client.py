@@ -14,7 +14,7 @@ import contextlib
 import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 from slixmpp import JID, ClientXMPP, ComponentXMPP, Iq
 from slixmpp.exceptions import IqError, IqTimeout
@@ -301,7 +301,11 @@ class TestClient:
         await _send_iq(iq, timeout)
 
     async def send_iq(
-        self, iq_type: str, to: str, payload: ET.Element, timeout: float = DEFAULT_TIMEOUT
+        self,
+        iq_type: Literal["get", "set"],
+        to: str,
+        payload: ET.Element,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> ET.Element:
         """Any IQ with ``payload``; the result's XML, or StanzaError."""
         iq = self.xmpp.make_iq(ito=to, itype=iq_type)
