@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TextIO
 
 import structlog
 
@@ -21,9 +21,10 @@ LogFormat = Literal["auto", "json", "console"]
 _QUIET_LIBRARIES = {"slixmpp": logging.WARNING, "aiohttp.access": logging.WARNING}
 
 
-def setup(level: str = "info", fmt: LogFormat = "auto") -> None:
+def setup(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog and the standard library's root logger once, at start."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    stream = stream or sys.stdout
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -46,7 +47,7 @@ def setup(level: str = "info", fmt: LogFormat = "auto") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
