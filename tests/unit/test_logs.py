@@ -64,6 +64,6 @@ def test_exceptions_are_rendered_into_the_line(out: io.StringIO) -> None:
         raise ValueError("boom")  # noqa: TRY301 -- the point of the test
     except ValueError:
         structlog.get_logger("x").exception("roster.answer_failed")
-    out = out.getvalue().strip()
-    assert out.count("\n") == 0
-    assert "ValueError: boom" in json.loads(out)["exception"]
+    written = out.getvalue().strip()
+    assert written.count("\n") == 0
+    assert "ValueError: boom" in json.loads(written)["exception"]
