@@ -10,8 +10,8 @@ targets are read off these numbers, not enforced by timed tests.
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -133,11 +133,12 @@ async def bench(args: argparse.Namespace) -> None:
                         assert len(roster) == args.contacts
                 latencies.sort()
                 p95 = latencies[int(len(latencies) * 0.95) - 1]
-                print(f"login roster GET (fetch+diff): p50 {statistics.median(latencies) * 1000:6.1f}"
-                      f" ms  p95 {p95 * 1000:6.1f} ms  ({len(latencies)} logins)")  # fmt: skip
-                busy = memory_kib(process.pid)
+                p50 = statistics.median(latencies)
+                print(f"login roster GET (fetch+diff): p50 {p50 * 1000:6.1f} ms  "
+                      f"p95 {p95 * 1000:6.1f} ms  ({len(latencies)} logins)")  # fmt: skip
+                busy = {k: v / 1024 for k, v in memory_kib(process.pid).items()}
                 print(f"component memory: idle RSS {idle['VmRSS'] / 1024:.1f} MiB, after "
-                      f"{busy['VmRSS'] / 1024:.1f} MiB, peak {busy['VmHWM'] / 1024:.1f} MiB")  # fmt: skip
+                      f"{busy['VmRSS']:.1f} MiB, peak {busy['VmHWM']:.1f} MiB")  # fmt: skip
             finally:
                 process.terminate()
                 await process.wait()
