@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,7 +23,7 @@ from component.webapp import FetchError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from component.roster import ParsedRoster, Roster
+    from component.roster import Contact, ParsedRoster, Roster
     from component.store import RosterStore
 
 log = structlog.get_logger(__name__)
@@ -47,13 +48,31 @@ class SyncResult:
 class _Outcome:
     ticket: int  # when the sync began, on the same counter as requests
     finished: float
-    result: SyncResult
+    ok: bool
+    # Kept only while other callers wait on this user; then dropped to save memory.
+    result: SyncResult | None
 
 
 @dataclass(slots=True)
 class _UserLock:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiters: int = 0
+
+
+@dataclass(slots=True)
+class _Applied:
+    """What a sync has written so far: pushes go out for this even if the sync fails."""
+
+    upserts: list[Contact] = field(default_factory=list)
+    removals: list[str] = field(default_factory=list)
+    rejected: set[str] = field(default_factory=set)
+
+    def diff(self) -> RosterDiff:
+        return RosterDiff(tuple(self.upserts), tuple(self.removals))
+
+
+# The server refused one item (e.g. a JID it will not store) but would take the others.
+_ITEM_REFUSALS = frozenset({"not-allowed", "bad-request", "jid-malformed", "not-acceptable"})
 
 
 class Syncer:
@@ -78,7 +97,8 @@ class Syncer:
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
         self._locks: dict[str, _UserLock] = {}
-        self._last: dict[str, _Outcome] = {}
+        # Users synced within max_age, oldest first (pruned as new outcomes arrive).
+        self._last: OrderedDict[str, _Outcome] = OrderedDict()
         self._tickets = itertools.count()
 
     def user_jid(self, username: str) -> str:
@@ -104,24 +124,36 @@ class Syncer:
             async with entry.lock:
                 last = self._last.get(username)
                 # A sync that began after we were asked saw every change we were told about.
-                if last is not None and last.ticket > requested:
+                if last is not None and last.ticket > requested and last.result is not None:
                     return last.result
                 if (
                     max_age is not None
                     and last is not None
-                    and last.result.ok
+                    and last.ok
                     and self._clock() - last.finished <= max_age
                 ):
                     return SyncResult(username, ok=True)
                 started = next(self._tickets)
                 async with self._slots:
                     result = await self._run(username)
-                self._last[username] = _Outcome(started, self._clock(), result)
+                self._remember(username, _Outcome(started, self._clock(), result.ok, result))
                 return result
         finally:
             entry.waiters -= 1
             if entry.waiters == 0:
                 del self._locks[username]
+                if (outcome := self._last.get(username)) is not None:
+                    outcome.result = None
+
+    def _remember(self, username: str, outcome: _Outcome) -> None:
+        self._last[username] = outcome
+        self._last.move_to_end(username)
+        horizon = outcome.finished - self._max_age
+        while self._last:
+            oldest, first = next(iter(self._last.items()))
+            if first.finished >= horizon or oldest in self._locks:
+                break
+            del self._last[oldest]
 
     async def _run(self, username: str) -> SyncResult:
         user = self.user_jid(username)
@@ -134,31 +166,47 @@ class Syncer:
             metrics.SYNCS.labels(result="fetch_failed").inc()
             bound.warning("sync.fetch_failed", reason=exc.reason)
             return SyncResult(username, ok=False, error=f"fetch failed: {exc.reason}")
+        applied = _Applied()
         try:
             current = await self._store.read(user)
-            changes = diff(current, parsed.roster)
-            await self._apply(user, changes)
+            await self._apply(user, diff(current, parsed.roster), applied)
         except StoreError as exc:
             metrics.SYNCS.labels(result="store_failed").inc()
-            bound.error("sync.store_failed", error=str(exc), condition=exc.condition)
+            if exc.condition == "service-unavailable":
+                # What Prosody answers for a user it does not know.
+                bound.warning("sync.store_failed", error=str(exc), hint="is the user registered?")
+            else:
+                bound.error("sync.store_failed", error=str(exc), condition=exc.condition)
             return SyncResult(username, ok=False, error=f"server store: {exc}")
-        if changes and self._on_change is not None:
-            self._on_change(user, changes)
+        finally:
+            if (applied.upserts or applied.removals) and self._on_change is not None:
+                self._on_change(user, applied.diff())
         metrics.SYNCS.labels(result="ok").inc()
-        metrics.ITEMS_WRITTEN.inc(len(changes.upserts))
-        metrics.ITEMS_REMOVED.inc(len(changes.removals))
+        metrics.ITEMS_WRITTEN.inc(len(applied.upserts))
+        metrics.ITEMS_REMOVED.inc(len(applied.removals))
         bound.info(
             "sync.done",
             contacts=len(parsed.roster),
-            upserts=len(changes.upserts),
-            removals=len(changes.removals),
+            upserts=len(applied.upserts),
+            removals=len(applied.removals),
+            rejected=len(applied.rejected),
             warnings=len(parsed.warnings),
             duration_ms=round((time.perf_counter() - began) * 1000, 1),
         )
-        return SyncResult(username, ok=True, roster=parsed.roster, changes=changes)
+        stored = {jid: c for jid, c in parsed.roster.items() if jid not in applied.rejected}
+        return SyncResult(username, ok=True, roster=stored, changes=applied.diff())
 
-    async def _apply(self, user: str, changes: RosterDiff) -> None:
+    async def _apply(self, user: str, changes: RosterDiff, applied: _Applied) -> None:
         for jid in changes.removals:
             await self._store.remove(user, jid)
+            applied.removals.append(jid)
         for contact in changes.upserts:
-            await self._store.write(user, contact)
+            try:
+                await self._store.write(user, contact)
+            except StoreError as exc:
+                if exc.condition not in _ITEM_REFUSALS:
+                    raise
+                log.warning("sync.item_rejected", user=user, contact=contact.jid, error=str(exc))
+                applied.rejected.add(contact.jid)
+            else:
+                applied.upserts.append(contact)

@@ -21,6 +21,7 @@ class MemoryStore:
         self.rosters: dict[str, dict[str, Contact]] = {}
         self.writes = 0
         self.fail_writes_after: int | None = None
+        self.refused: dict[str, str] = {}  # contact JID -> condition the server answers
 
     async def read(self, user: str) -> dict[str, Contact]:
         await asyncio.sleep(0)
@@ -29,6 +30,8 @@ class MemoryStore:
     async def write(self, user: str, contact: Contact) -> None:
         if self.fail_writes_after is not None and self.writes >= self.fail_writes_after:
             raise StoreError("server said no", "internal-server-error")
+        if contact.jid in self.refused:
+            raise StoreError("refused", self.refused[contact.jid])
         self.writes += 1
         self.rosters.setdefault(user, {})[contact.jid] = contact
 
@@ -237,3 +240,43 @@ async def test_users_sync_in_parallel_up_to_the_bound(
     assert peak == 3
     release.set()
     assert all(r.ok for r in await asyncio.gather(*tasks))
+
+
+async def test_a_failed_sync_still_reports_what_it_wrote(
+    syncer: Syncer, store: MemoryStore, changes: list[tuple[str, RosterDiff]]
+) -> None:
+    """Writes that went through before a failure are pushed, so clients match the server."""
+    store.rosters["alice@example.test"] = {"old@example.test": Contact("old@example.test")}
+    store.fail_writes_after = 2  # the removal and bob go through, carol fails
+    assert not (await syncer.refresh("alice")).ok
+    [(_, diff)] = changes
+    assert diff.removals == ("old@example.test",)
+    assert [c.jid for c in diff.upserts] == ["bob@example.test"]
+
+
+async def test_one_refused_item_does_not_block_the_rest(syncer: Syncer, store: MemoryStore) -> None:
+    """An item the server will not store is skipped; the others apply and the sync succeeds."""
+    store.refused["bob@example.test"] = "not-allowed"
+    result = await syncer.refresh("alice")
+    assert result.ok
+    assert list(store.rosters["alice@example.test"]) == ["carol@example.test"]
+    assert result.roster is not None
+    assert list(result.roster) == ["carol@example.test"]
+
+
+async def test_privilege_errors_are_not_skipped(syncer: Syncer, store: MemoryStore) -> None:
+    """A refusal that concerns us, not the item, fails the sync."""
+    store.refused["bob@example.test"] = "forbidden"
+    assert not (await syncer.refresh("alice")).ok
+
+
+async def test_memory_holds_only_recent_users(
+    syncer: Syncer, webapp: ScriptedWebApp, clock: Clock
+) -> None:
+    """Sync history older than max_age is forgotten, so memory does not grow with users."""
+    for i in range(100):
+        webapp.rosters[f"u{i}"] = {}
+        await syncer.refresh(f"u{i}")
+        clock.now += 1
+    assert len(syncer._last) <= 62
+    assert all(outcome.result is None for outcome in syncer._last.values())
