@@ -66,6 +66,7 @@ _SHOWN_CHARS = 80
 # lone surrogates from JSON escapes) would make the stanza malformed, and an XMPP server closes
 # the whole component stream over that, so such values never get that far.
 _NOT_XML_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_ATTRIBUTE_WHITESPACE = re.compile("[\t\n\r]")
 # bool before int: True is an int to Python but not a number to JSON.
 _JSON_TYPES: tuple[tuple[type | tuple[type, ...], str], ...] = (
     (bool, "a boolean"),
@@ -137,6 +138,9 @@ def _contact_jid(key: object, owner_jid: str, warnings: list[str]) -> str | None
     except ValueError:
         warnings.append(f"contact {_show(key)}: not a valid JID, skipped")
         return None
+    if jid.domain.endswith("."):
+        # "example.com." is "example.com" (RFC 7622 3.2); the server stores it without the dot.
+        jid = JID(jid.bare.rstrip(".")) if jid.domain.rstrip(".") else JID()
     if not jid.domain:
         problem = "not a JID"
     elif jid.resource:
@@ -173,7 +177,9 @@ def _name(key: str, name: object, warnings: list[str]) -> str | None:
     if _NOT_XML_TEXT.search(name):
         warnings.append(f"contact {_show(key)}: name contains control characters, ignored")
         return None
-    return name
+    # The name travels as an XML attribute, whose parser turns these into spaces: store what
+    # the server will store, or every sync would see a difference and rewrite it.
+    return _ATTRIBUTE_WHITESPACE.sub(" ", name)
 
 
 def _groups(key: str, groups: object, warnings: list[str]) -> frozenset[str]:
@@ -192,7 +198,8 @@ def _groups(key: str, groups: object, warnings: list[str]) -> frozenset[str]:
     kept: set[str] = set()
     for group in names:
         if isinstance(group, str) and group and not _NOT_XML_TEXT.search(group):
-            kept.add(group)
+            # Group names are XML text, whose parser turns \r\n and \r into \n.
+            kept.add(group.replace("\r\n", "\n").replace("\r", "\n"))
         else:
             warnings.append(f"contact {_show(key)}: group {_show(group)} is not usable, dropped")
     return frozenset(kept)

@@ -153,7 +153,7 @@ class TestParse:
 
     def test_names_are_kept_verbatim(self) -> None:
         """Names are not trimmed or folded, and may be long and non-ASCII."""
-        name = " Marie Curie-Skłodowska\t" * 1000
+        name = " Marie Curie-Skłodowska " * 1000
 
         assert parse_contact({"name": name})[0].name == name
 
@@ -208,6 +208,30 @@ class TestParse:
 
 
 MARIE_CONTACT = Contact(MARIE, name="Marie", groups=frozenset({"Friends"}))
+
+
+class TestNormalizedLikeTheServer:
+    """What the web app sends is stored the way Prosody will store it, so syncs converge."""
+
+    def test_trailing_dot_of_a_domain_is_dropped(self) -> None:
+        """'marie@example.com.' is the same contact as 'marie@example.com'."""
+        assert list(parse({"marie@example.com.": {}}).roster) == ["marie@example.com"]
+
+    def test_own_jid_with_a_trailing_dot_is_still_the_owner(self) -> None:
+        """The owner's JID written with a trailing dot is skipped like the plain one."""
+        parsed = parse({OWNER + ".": {}})
+        assert parsed.roster == {}
+        assert "own JID" in parsed.warnings[0]
+
+    def test_line_breaks_and_tabs_in_names_become_spaces(self) -> None:
+        """XML attribute normalization turns them into spaces on the server's side."""
+        contact, _ = parse_contact({"name": "Marie\tvon\nHof\r"})
+        assert contact.name == "Marie von Hof "
+
+    def test_carriage_returns_in_groups_become_newlines(self) -> None:
+        """XML text normalization turns \\r\\n and \\r into \\n on the server's side."""
+        contact, _ = parse_contact({"groups": ["a\r\nb", "c\rd"]})
+        assert contact.groups == {"a\nb", "c\nd"}
 
 
 @pytest.fixture(name="current")
