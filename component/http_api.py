@@ -53,6 +53,8 @@ def parse_usernames(body: bytes, domain: str, limit: int) -> list[str]:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequestError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("body is nested too deeply") from None
     if not isinstance(data, list):
         raise BadRequestError(f"body must be a JSON array of usernames, not {type(data).__name__}")
     if len(data) > limit:
@@ -111,7 +113,9 @@ class HttpApi:
         token = self._config.token
         if token and request.path not in _OPEN_PATHS:
             given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            # Bytes, because compare_digest refuses non-ASCII text (a header may carry any).
+            expected = f"Bearer {token}".encode()
+            if not hmac.compare_digest(given.encode(errors="surrogateescape"), expected):
                 log.warning("http.unauthorized", path=request.path, remote=request.remote)
                 return _json(401, status="error", message="missing or wrong bearer token")
         return await handler(request)

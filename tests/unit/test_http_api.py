@@ -45,7 +45,7 @@ def fixture_recorder() -> Recorder:
 @pytest.fixture(name="base_url")
 async def fixture_base_url(recorder: Recorder) -> AsyncIterator[str]:
     api = HttpApi(
-        ListenerConfig(port=1, token=TOKEN, max_body_bytes=2048, max_users=50),
+        ListenerConfig(port=1, token=TOKEN, max_body_bytes=200_000, max_users=50),
         domain="example.test",
         refresher=recorder,
         readiness=recorder,
@@ -128,6 +128,7 @@ async def test_empty_list_answers_at_once(
         ('["a/b"]', "not a valid username"),
         ('[""]', "not a valid username"),
         (b"\xff\xfe", "not JSON"),
+        ("[" * 100_000, "nested too deeply"),
     ],
 )
 async def test_malformed_bodies_get_400_and_nothing_is_done(
@@ -145,7 +146,7 @@ async def test_oversized_body_gets_413(
     http: aiohttp.ClientSession, base_url: str, recorder: Recorder
 ) -> None:
     """A body over the configured size is refused before it is parsed."""
-    status, _ = await post(http, base_url, '["' + "a" * 4096 + '"]')
+    status, _ = await post(http, base_url, '["' + "a" * 300_000 + '"]')
     assert status == 413
     assert recorder.refreshed == []
 
@@ -158,7 +159,12 @@ async def test_too_many_users_get_400(http: aiohttp.ClientSession, base_url: str
 
 
 @pytest.mark.parametrize(
-    "headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}]
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": TOKEN},
+    ],
 )
 async def test_wrong_token_gets_401(
     http: aiohttp.ClientSession, base_url: str, recorder: Recorder, headers: dict[str, str]
@@ -166,6 +172,20 @@ async def test_wrong_token_gets_401(
     """Without the right bearer token nothing is done."""
     status, _ = await post(http, base_url, '["john"]', headers=headers)
     assert status == 401
+    assert recorder.refreshed == []
+
+
+async def test_non_ascii_token_gets_401(base_url: str, recorder: Recorder) -> None:
+    """A header with bytes beyond ASCII is a wrong token, not a server error."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /roster_admin/refresh HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer l\xfft-me-in\r\nContent-Length: 2\r\n\r\n[]"
+    )
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.split()[1] == b"401"
     assert recorder.refreshed == []
 
 
