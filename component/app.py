@@ -35,6 +35,9 @@ class Application:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Users with a login sync queued or running: a reconnect replays every online
+        # user's presence, and each user needs one sync, not one per presence.
+        self._login_syncs: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.webapp = WebAppClient(
             config.webapp.roster_url,
@@ -45,11 +48,10 @@ class Application:
             user_agent=USER_AGENT,
         )
         self.xmpp = XmppAdapter(
-            config.component,
-            users_domain=config.users.domain,
-            iq_timeout=config.sync.xmpp_timeout,
+            config,
             roster_provider=self._roster_for,
             on_available=self._on_available,
+            on_ready_change=_notify_systemd,
         )
         self.syncer = Syncer(
             self.webapp,
@@ -80,12 +82,17 @@ class Application:
         await self._runner.setup()
         await web.TCPSite(self._runner, listener.host, listener.port).start()
         log.info("http.listening", host=listener.host, port=self.http_port, version=__version__)
+        _sd_notify("STATUS=connecting to the XMPP server")
         self.xmpp.start()
-        self._spawn(self._notify_systemd_when_ready())
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight refreshes finish (bounded), then close the links."""
+        """Stop accepting, let in-flight refreshes finish (bounded), then close the links.
+
+        Users waiting for their roster are answered (from the server's store if their sync
+        is cut short) before the XMPP link closes.
+        """
         log.info("app.stopping")
+        _sd_notify("STOPPING=1")
         if self._runner is not None:
             await self._runner.cleanup()
         for task in list(self._tasks):
@@ -105,8 +112,8 @@ class Application:
     async def _roster_for(self, username: str) -> Roster:
         """The roster to answer a user's roster request with.
 
-        A fresh sync when needed; if that fails or takes too long, the last good roster the
-        server holds (the sync goes on in the background and the next push fixes the client).
+        A fresh sync when needed; if that fails, takes too long or is cut short by shutdown,
+        the last good roster the server holds (a sync still running pushes what it changes).
         """
         sync = self._spawn(self.syncer.ensure_fresh(username))
         try:
@@ -115,14 +122,22 @@ class Application:
             )
         except TimeoutError:
             log.warning("roster.answer_from_store", user=username, why="sync too slow")
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not sync.cancelled() or (current is not None and current.cancelling()):
+                raise
+            log.info("roster.answer_from_store", user=username, why="sync cancelled")
         else:
             if result.ok and result.roster is not None:
                 return result.roster
         return await self.syncer.current_roster(username)
 
     def _on_available(self, username: str) -> None:
-        if self.xmpp.ready:
-            self._spawn(self.syncer.ensure_fresh(username))
+        if not self.xmpp.ready or username in self._login_syncs:
+            return
+        self._login_syncs.add(username)
+        task = self._spawn(self.syncer.ensure_fresh(username))
+        task.add_done_callback(lambda _: self._login_syncs.discard(username))
 
     def _spawn(self, coro: Coroutine[object, object, _T]) -> asyncio.Task[_T]:
         task = asyncio.ensure_future(coro)
@@ -130,9 +145,12 @@ class Application:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _notify_systemd_when_ready(self) -> None:
-        await self.xmpp.wait_ready()
-        _sd_notify("READY=1\nSTATUS=connected and privileged")
+
+def _notify_systemd(ready: bool) -> None:
+    if ready:
+        _sd_notify("READY=1\nSTATUS=connected to the XMPP server, roster privileges granted")
+    else:
+        _sd_notify("STATUS=XMPP link down or roster privileges missing; reconnecting")
 
 
 def _sd_notify(message: str) -> None:

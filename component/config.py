@@ -103,6 +103,9 @@ class ServerConfig(_Section):
 
     kind: Literal["prosody"]
     delegate_roster: bool = True
+    # Must stay below what the server accepts from us (Prosody: component_stanza_size_limit,
+    # 512 KiB by default), or an oversized roster answer would cost us the whole stream.
+    max_stanza_bytes: Annotated[int, Field(ge=10_000)] = 500_000
 
 
 class SyncConfig(_Section):

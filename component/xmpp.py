@@ -12,6 +12,7 @@ import asyncio
 import random
 import uuid
 from typing import TYPE_CHECKING, Any
+from xml.etree import ElementTree as ET
 
 import structlog
 from slixmpp import ComponentXMPP
@@ -24,16 +25,21 @@ from component import metrics, stanzas
 from component.errors import StoreError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-    from xml.etree import ElementTree as ET
+    from collections.abc import Awaitable, Callable, Coroutine
 
-    from component.config import ComponentConfig
+    from component.config import Config
     from component.roster import Roster, RosterDiff
     from component.store import IqType
 
 log = structlog.get_logger(__name__)
 
 _NS = "jabber:component:accept"
+# Error conditions meaning a client's session is gone (not that the server had a hiccup).
+_SESSION_GONE = frozenset({"service-unavailable", "recipient-unavailable", "item-not-found"})
+# How long the server gets to send its delegation advertisement after the privileges one.
+_DELEGATION_GRACE = 5.0
+# How long answers to users' roster requests may take to finish when we stop.
+_ANSWER_DRAIN = 5.0
 
 
 class XmppAdapter:
@@ -41,36 +47,45 @@ class XmppAdapter:
 
     def __init__(
         self,
-        config: ComponentConfig,
+        config: Config,
         *,
-        users_domain: str,
-        iq_timeout: float,
         roster_provider: Callable[[str], Awaitable[Roster]],
         on_available: Callable[[str], None],
+        on_ready_change: Callable[[bool], None] = lambda _: None,
     ) -> None:
-        self._config = config
-        self._domain = users_domain
-        self._iq_timeout = iq_timeout
+        self._config = config.component
+        self._domain = config.users.domain
+        self._iq_timeout = config.sync.xmpp_timeout
+        self._delegate_roster = config.server.delegate_roster
+        self._max_stanza_bytes = config.server.max_stanza_bytes
         self._roster_provider = roster_provider
         self._on_available = on_available
+        self._on_ready_change = on_ready_change
         self._privileges = stanzas.Privileges()
+        self._privileges_known = False
         self._delegated: frozenset[str] = frozenset()
         self._connected = False
         self._stopping = False
         self._ready = asyncio.Event()
         self._attempt = 0
         self._reconnect: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._answers: set[asyncio.Task[None]] = set()
+        self._pushes: set[asyncio.Task[None]] = set()
         # slixmpp slows down with many IQs in flight (every one is a handler to scan).
         self._push_slots = asyncio.Semaphore(64)
         # user bare JID -> full JIDs to push roster changes to (see _track_resource).
         self._resources: dict[str, set[str]] = {}
 
-        xmpp = ComponentXMPP(config.jid, config.secret, config.host, config.port)
+        xmpp = ComponentXMPP(self._config.jid, self._config.secret)
+        # slixmpp's own presence handling keeps a roster entry for every user who ever sent
+        # presence and answers subscriptions on its own: we want neither.
+        xmpp.remove_handler("Presence")
         xmpp.register_plugin("xep_0030")
         for node in stanzas.delegation_disco_nodes(stanzas.ROSTER_NS):
             # The server asks for these nodes to nest our features in its own disco.
-            xmpp.plugin["xep_0030"].add_feature(stanzas.ROSTER_NS, node=node, jid=JID(config.jid))
+            xmpp.plugin["xep_0030"].add_feature(
+                stanzas.ROSTER_NS, node=node, jid=JID(self._config.jid)
+            )
         xmpp.register_handler(
             Callback("advertisements", MatchXPath(f"{{{_NS}}}message"), self._on_message)
         )
@@ -94,7 +109,7 @@ class XmppAdapter:
 
     @property
     def ready(self) -> bool:
-        """Connected, and allowed to read and write users' rosters."""
+        """Connected, allowed to read and write users' rosters, and delegated to if we should be."""
         return self._ready.is_set()
 
     @property
@@ -113,16 +128,21 @@ class XmppAdapter:
         self._connect()
 
     async def stop(self) -> None:
-        """Close the stream and wait for what we started to finish."""
+        """Finish answering users (bounded), then close the stream."""
         self._stopping = True
         if self._reconnect is not None:
             self._reconnect.cancel()
+        if self._answers:
+            # A delegated request we never answer leaves the client waiting forever.
+            await asyncio.wait(self._answers, timeout=_ANSWER_DRAIN)
+        for task in self._answers | self._pushes:
+            task.cancel()
+        await asyncio.gather(*self._answers, *self._pushes, return_exceptions=True)
         self._xmpp.cancel_connection_attempt()
         if self._connected:
             await self._xmpp.disconnect(wait=2.0)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        else:
+            self._xmpp.abort()
         self._set_ready(ready=False)
 
     def _connect(self) -> None:
@@ -149,7 +169,10 @@ class XmppAdapter:
     def _on_disconnected(self, reason: object) -> None:
         was_connected, self._connected = self._connected, False
         self._privileges = stanzas.Privileges()
+        self._privileges_known = False
         self._delegated = frozenset()
+        # The server replays every online session's presence when we are back.
+        self._resources.clear()
         self._set_ready(ready=False)
         if was_connected:
             (log.info if self._stopping else log.warning)(
@@ -163,7 +186,11 @@ class XmppAdapter:
 
     def _on_stream_error(self, error: Any) -> None:
         condition = error["condition"]
-        hint = "check component.secret and component.jid" if condition == "not-authorized" else None
+        hint = None
+        if condition == "not-authorized":
+            hint = "check component.secret and component.jid"
+        elif condition in {"policy-violation", "not-well-formed"}:
+            hint = "a stanza was too large? compare server.max_stanza_bytes with the server's limit"
         log.error("xmpp.stream_error", condition=condition, text=error["text"], hint=hint)
 
     def _set_ready(self, *, ready: bool) -> None:
@@ -172,60 +199,80 @@ class XmppAdapter:
         metrics.READY.set(int(ready))
         if ready:
             self._ready.set()
-            log.info("xmpp.ready", domain=self._domain)
+            log.info("xmpp.ready", domain=self._domain, delegated=sorted(self._delegated))
         else:
             self._ready.clear()
+        self._on_ready_change(ready)
 
     # --- advertisements (XEP-0356, XEP-0355) ----------------------------------------------
 
     def _on_message(self, msg: Any) -> None:
-        if msg["from"].bare != self._domain:
-            return
         privilege = stanzas.find_privilege(msg.xml)
+        delegated = stanzas.delegated_namespaces(msg.xml)
+        if privilege is None and delegated is None:
+            return
+        if msg["from"].full != self._domain:
+            log.warning(
+                "xmpp.advertisement_ignored",
+                sender=msg["from"].full,
+                hint=f"we manage {self._domain}; check users.domain",
+            )
+            return
         if privilege is not None:
             self._privileges = stanzas.parse_privileges(privilege)
+            self._privileges_known = True
             log.info(
                 "xmpp.privileges",
                 roster=self._privileges.roster,
                 presence=self._privileges.presence,
                 iq=self._privileges.iq,
             )
-        delegated = stanzas.delegated_namespaces(msg.xml)
+            self._check_privileges()
+            if self._delegate_roster and stanzas.ROSTER_NS not in self._delegated:
+                asyncio.get_running_loop().call_later(_DELEGATION_GRACE, self._check_delegation)
         if delegated is not None:
             self._delegated = delegated
             log.info("xmpp.delegations", namespaces=sorted(delegated))
-        if privilege is not None or delegated is not None:
-            self._check_grants(privileges_known=privilege is not None)
-
-    def _check_grants(self, *, privileges_known: bool) -> None:
-        """Become ready, or say what the server's configuration lacks.
-
-        The two advertisements arrive in either order; each is checked once both could be.
-        """
-        granted = self._privileges
-        can_sync = granted.can_read_rosters() and granted.can_write_rosters()
-        if privileges_known:
-            if not can_sync:
-                log.error(
-                    "xmpp.privileges_insufficient",
-                    roster=granted.roster,
-                    hint=f'grant roster = "both" to {self._config.jid} in privileged_entities',
-                )
-            if granted.presence != "roster":
+            if stanzas.ROSTER_NS in delegated and not self._delegate_roster:
                 log.warning(
-                    "xmpp.presence_privilege_missing",
-                    hint='grant presence = "roster" so users are synced when they come online',
+                    "xmpp.delegation_unexpected",
+                    hint="the server delegates rosters to us: set server.delegate_roster = true",
                 )
-        if (
-            stanzas.ROSTER_NS in self._delegated
-            and can_sync
-            and not granted.can_send_iq(stanzas.ROSTER_NS, "set")
-        ):
+        self._update_readiness()
+
+    def _check_privileges(self) -> None:
+        """Say what the server's privileged_entities lacks, if anything."""
+        granted = self._privileges
+        if not (granted.can_read_rosters() and granted.can_write_rosters()):
+            log.error(
+                "xmpp.privileges_insufficient",
+                roster=granted.roster,
+                hint=f'grant roster = "both" to {self._config.jid} in privileged_entities',
+            )
+        if granted.presence != "roster":
+            log.warning(
+                "xmpp.presence_privilege_missing",
+                hint='grant presence = "roster" so users are synced when they come online',
+            )
+        if self._delegate_roster and not granted.can_send_iq(stanzas.ROSTER_NS, "set"):
             log.warning(
                 "xmpp.push_privilege_missing",
                 hint='grant iq = { ["jabber:iq:roster"] = "both" } so clients get pushes',
             )
-        self._set_ready(ready=can_sync)
+
+    def _check_delegation(self) -> None:
+        if self._connected and self._privileges_known and not self.ready:
+            log.error(
+                "xmpp.delegation_missing",
+                hint="the server does not delegate jabber:iq:roster to us: add the delegations "
+                "line to the VirtualHost, or set server.delegate_roster = false",
+            )
+
+    def _update_readiness(self) -> None:
+        granted = self._privileges
+        can_sync = granted.can_read_rosters() and granted.can_write_rosters()
+        delegated = stanzas.ROSTER_NS in self._delegated or not self._delegate_roster
+        self._set_ready(ready=can_sync and delegated)
 
     # --- presence ------------------------------------------------------------------------
 
@@ -255,22 +302,32 @@ class XmppAdapter:
     # --- delegated roster requests (XEP-0355) ----------------------------------------------
 
     def _on_delegated(self, iq: Any) -> None:
-        self._spawn(self._answer_delegated(iq))
+        if iq["type"] not in {"get", "set"}:
+            return  # never answer a result or an error
+        self._spawn(self._answers, self._answer_delegated(iq))
 
     async def _answer_delegated(self, iq: Any) -> None:
         if iq["from"].full != self._domain:
             # Only the server may hand us a user's request: anyone else could forge the
             # forwarded sender and read or probe another user's roster.
             log.warning("xmpp.delegation_spoofed", sender=iq["from"].full)
+            metrics.DELEGATED.labels(result="spoofed").inc()
             self._send_error(iq, "auth", "forbidden")
             return
         request = stanzas.parse_delegated(iq.xml)
         if request is None:
             log.warning("xmpp.delegation_malformed", stanza=str(iq))
+            metrics.DELEGATED.labels(result="malformed").inc()
             self._send_error(iq, "modify", "bad-request")
             return
         reply = iq.reply(clear=True)
-        answer = await self._answer(request)
+        try:
+            answer = await self._answer(request)
+        except BaseException:
+            # Cancelled (we are stopping) or a bug: the user still gets an answer.
+            reply.append(stanzas.delegated_error(request, "wait", "internal-server-error"))
+            reply.send()
+            raise
         reply.append(answer)
         reply.send()
 
@@ -288,16 +345,30 @@ class XmppAdapter:
             return refusal
         sender = JID(request.sender)
         bound = log.bind(sender=request.sender)
+        # Before the wait: a sync finishing meanwhile must already push to this client.
+        self._track_resource(sender)
         try:
             roster = await self._roster_provider(sender.user)
         except Exception:  # noqa: BLE001 -- the user must get an answer whatever went wrong
             metrics.DELEGATED.labels(result="error").inc()
             bound.exception("roster.answer_failed")
             return stanzas.delegated_error(request, "wait", "internal-server-error")
-        self._track_resource(sender)
+        answer = stanzas.delegated_result(request, stanzas.roster_query(roster))
+        size = len(ET.tostring(answer))
+        if size > self._max_stanza_bytes:
+            # The server would close our stream over it, failing every user at once.
+            metrics.DELEGATED.labels(result="too_large").inc()
+            bound.error(
+                "roster.answer_too_large",
+                contacts=len(roster),
+                bytes=size,
+                limit=self._max_stanza_bytes,
+                hint="raise component_stanza_size_limit and server.max_stanza_bytes together",
+            )
+            return stanzas.delegated_error(request, "wait", "resource-constraint")
         metrics.DELEGATED.labels(result="ok").inc()
         bound.debug("roster.answered", contacts=len(roster))
-        return stanzas.delegated_result(request, stanzas.roster_query(roster))
+        return answer
 
     def _refusal(self, request: stanzas.DelegatedRequest) -> ET.Element | None:
         """The error answer for a request we must not serve, or None to serve it."""
@@ -306,10 +377,13 @@ class XmppAdapter:
             sender = JID(request.sender)
             target = JID(request.to) if request.to else None
         except InvalidJID:
+            metrics.DELEGATED.labels(result="malformed").inc()
             return stanzas.delegated_error(request, "modify", "jid-malformed")
         if request.namespace != stanzas.ROSTER_NS:
+            metrics.DELEGATED.labels(result="not_roster").inc()
             return stanzas.delegated_error(request, "cancel", "service-unavailable")
         if sender.domain != self._domain or not sender.user:
+            metrics.DELEGATED.labels(result="forbidden").inc()
             bound.warning("roster.request_refused", why="not a user of our domain")
             return stanzas.delegated_error(request, "cancel", "forbidden")
         if target is not None and target.bare != sender.bare:
@@ -362,21 +436,24 @@ class XmppAdapter:
         payloads = [stanzas.roster_query({c.jid: c}) for c in changes.upserts]
         payloads += [stanzas.roster_removal(jid) for jid in changes.removals]
         for resource in resources:
-            for payload in payloads:
-                self._spawn(self._push_one(user, resource, payload))
+            self._spawn(self._pushes, self._push_to(user, resource, payloads))
 
-    async def _push_one(self, user: str, resource: str, payload: ET.Element) -> None:
-        wrapped = stanzas.privileged_iq(user, resource, uuid.uuid4().hex, payload)
-        try:
-            async with self._push_slots:
-                await self.send_iq(user, "set", wrapped)
-        except StoreError as exc:
-            log.info("roster.push_failed", resource=resource, error=str(exc))
-            if exc.condition != "remote-server-timeout":
-                # The resource is gone and we missed its unavailable presence: stop pushing.
-                self._forget_resource(JID(resource))
+    async def _push_to(self, user: str, resource: str, payloads: list[ET.Element]) -> None:
+        """One client's pushes, in order."""
+        for payload in payloads:
+            wrapped = stanzas.privileged_iq(user, resource, uuid.uuid4().hex, payload)
+            try:
+                async with self._push_slots:
+                    await self.send_iq(user, "set", wrapped)
+            except StoreError as exc:
+                log.info("roster.push_failed", resource=resource, error=str(exc))
+                if exc.condition in _SESSION_GONE:
+                    # We missed its unavailable presence: stop pushing to it.
+                    self._forget_resource(JID(resource))
+                    return
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    @staticmethod
+    def _spawn(tasks: set[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)

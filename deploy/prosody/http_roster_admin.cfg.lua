@@ -62,6 +62,12 @@ Component "roster.example.org"
     modules_enabled = { "privilege"; "delegation" }
 
 -- Notes
+--  * Large rosters: a user's whole roster travels from the component in one stanza, and
+--    Prosody closes a component's stream over a stanza larger than component_stanza_size_limit
+--    (default 512 KiB, roughly 1,500 contacts). The component refuses to send more than its
+--    server.max_stanza_bytes (default 500000). To allow bigger rosters, raise both together;
+--    Prosody wants this option in the GLOBAL section of prosody.cfg.lua (above any VirtualHost),
+--    e.g.  component_stanza_size_limit = 10 * 1024 * 1024
 --  * The component connects to Prosody's component port (component_ports, default 5347, bound
 --    to component_interfaces, default loopback) with the secret above.
 --  * Prosody 13: "prosodyctl check config" reports mod_posix as deprecated when the global

@@ -22,6 +22,9 @@ ALICE_ROSTER = {
     jid("bob"): {"name": "Bob", "groups": ["Friends", "Team"]},
     jid("carol"): {"name": "Carol"},
 }
+# For what only happens when the component answers users' roster requests itself.
+delegated_only = pytest.mark.parametrize("delegate_roster", [True], ids=["delegated"])
+
 ALICE_EXPECTED = {
     jid("bob"): item("Bob", ["Friends", "Team"]),
     jid("carol"): item("Carol"),
@@ -256,3 +259,42 @@ async def test_wrong_component_secret_is_reported_and_never_ready(system: System
     assert error["condition"] == "not-authorized"
     assert "component.secret" in error["hint"]
     assert not app.xmpp.ready
+
+
+@delegated_only
+async def test_a_user_waiting_for_a_roster_is_answered_when_the_component_stops(
+    alice_roster: System,
+) -> None:
+    """Shutdown answers pending roster requests (last good roster) instead of leaving them."""
+    system = alice_roster
+    await system.refresh(["alice"])
+    await system.webapp.set_mode("hang")
+    async with system.client("alice") as alice:
+        request = asyncio.create_task(alice.get_roster())
+        await eventually(lambda: len(system.webapp.requests) >= 2)  # the login fetch hangs
+        began = time.monotonic()
+        await system.stop_component()
+        assert await request == ALICE_EXPECTED
+        assert time.monotonic() - began < 5
+
+
+@delegated_only
+async def test_a_roster_too_large_for_the_server_is_refused_not_sent(
+    alice_roster: System,
+) -> None:
+    """A roster over max_stanza_bytes gets an error; the link, and other users, carry on."""
+    system = alice_roster
+    await system.stop_component()
+    text = system.config_path.read_text()
+    system.config_path.write_text(text.replace("[sync]", "max_stanza_bytes = 20000\n[sync]"))
+    await system.start_component()
+    system.set_roster("alice", {jid(f"c{i}"): {"name": "x" * 100} for i in range(200)})
+    system.set_roster("bob", {jid("carol"): {"name": "Carol"}})
+    async with system.client("alice") as alice:
+        with pytest.raises(StanzaError) as refused:
+            await alice.get_roster()
+    assert refused.value.condition == "resource-constraint"
+    assert system.app is not None
+    assert system.app.xmpp.ready
+    async with system.client("bob") as bob:
+        assert await bob.get_roster() == {jid("carol"): item("Carol")}

@@ -37,6 +37,14 @@ async def read_events(
     raise AssertionError(f"stdout ended before {until}: {events}")
 
 
+async def notifications(sock: socket.socket, until: bytes) -> list[bytes]:
+    """sd_notify messages received, up to the first that starts with ``until``."""
+    received: list[bytes] = []
+    while not received or not received[-1].startswith(until):
+        received.append(await asyncio.get_running_loop().sock_recv(sock, 4096))
+    return received
+
+
 async def test_service_notifies_systemd_logs_json_and_stops_cleanly(
     prosody_factory: ServerFactory, webapp: FakeWebApp, tmp_path: Path
 ) -> None:
@@ -63,8 +71,10 @@ async def test_service_notifies_systemd_logs_json_and_stops_cleanly(
     try:
         async with asyncio.timeout(15):
             await read_events(process.stdout, events, "xmpp.ready")
-            message = await asyncio.get_running_loop().sock_recv(notify, 4096)
-        assert message.startswith(b"READY=1")
+            assert await notifications(notify, until=b"READY=1") == [
+                b"STATUS=connecting to the XMPP server",
+                b"READY=1\nSTATUS=connected to the XMPP server, roster privileges granted",
+            ]
         port = next(e["port"] for e in events if e["event"] == "http.listening")
         async with (
             aiohttp.ClientSession() as http,
@@ -80,6 +90,7 @@ async def test_service_notifies_systemd_logs_json_and_stops_cleanly(
         async with asyncio.timeout(15):
             await read_events(process.stdout, events, "app.stopped")
             assert await process.wait() == 0
+            assert (await notifications(notify, until=b"STOPPING=1"))[0] == b"STOPPING=1"
         notify.close()
     names = [e["event"] for e in events]
     assert names[0] == "app.starting"
