@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from component.config import Config
     from component.roster import Roster
+    from component.store import RosterStore
 
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
@@ -55,7 +56,7 @@ class Application:
         )
         self.syncer = Syncer(
             self.webapp,
-            PrivilegedRosterStore(self.xmpp),
+            _roster_store(config, self.xmpp),
             config.users.domain,
             concurrency=config.sync.concurrency,
             max_age=config.sync.max_age,
@@ -144,6 +145,13 @@ class Application:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _roster_store(config: Config, xmpp: XmppAdapter) -> RosterStore:
+    """The mechanism that writes rosters into this kind of server."""
+    match config.server.kind:
+        case "prosody":
+            return PrivilegedRosterStore(xmpp)
 
 
 def _notify_systemd(ready: bool) -> None:
