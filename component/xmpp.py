@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
@@ -75,6 +76,8 @@ class XmppAdapter:
         self._push_slots = asyncio.Semaphore(64)
         # user bare JID -> full JIDs to push roster changes to (see _track_resource).
         self._resources: dict[str, set[str]] = {}
+        # full JID -> pushes not yet sent to it; one sender task per JID while non-empty.
+        self._push_queues: dict[str, deque[ET.Element]] = {}
 
         xmpp = ComponentXMPP(self._config.jid, self._config.secret)
         # slixmpp's own presence handling keeps a roster entry for every user who ever sent
@@ -345,7 +348,9 @@ class XmppAdapter:
             return refusal
         sender = JID(request.sender)
         bound = log.bind(sender=request.sender)
-        # Before the wait: a sync finishing meanwhile must already push to this client.
+        # Before the wait, so that no change is lost for this client: a sync that finishes
+        # while we answer from the store pushes to it (the answering sync's own changes are
+        # pushed too, which is redundant but harmless: pushes are idempotent).
         self._track_resource(sender)
         try:
             roster = await self._roster_provider(sender.user)
@@ -436,21 +441,30 @@ class XmppAdapter:
         payloads = [stanzas.roster_query({c.jid: c}) for c in changes.upserts]
         payloads += [stanzas.roster_removal(jid) for jid in changes.removals]
         for resource in resources:
-            self._spawn(self._pushes, self._push_to(user, resource, payloads))
+            queue = self._push_queues.get(resource)
+            if queue is not None:
+                queue.extend(payloads)  # its sender is running and will get to them
+                continue
+            self._push_queues[resource] = queue = deque(payloads)
+            self._spawn(self._pushes, self._push_to(user, resource, queue))
 
-    async def _push_to(self, user: str, resource: str, payloads: list[ET.Element]) -> None:
-        """One client's pushes, in order."""
-        for payload in payloads:
-            wrapped = stanzas.privileged_iq(user, resource, uuid.uuid4().hex, payload)
-            try:
-                async with self._push_slots:
-                    await self.send_iq(user, "set", wrapped)
-            except StoreError as exc:
-                log.info("roster.push_failed", resource=resource, error=str(exc))
-                if exc.condition in _SESSION_GONE:
-                    # We missed its unavailable presence: stop pushing to it.
-                    self._forget_resource(JID(resource))
-                    return
+    async def _push_to(self, user: str, resource: str, queue: deque[ET.Element]) -> None:
+        """Send one client its pushes strictly in order: a later change must land last."""
+        try:
+            while queue:
+                payload = queue.popleft()
+                wrapped = stanzas.privileged_iq(user, resource, uuid.uuid4().hex, payload)
+                try:
+                    async with self._push_slots:
+                        await self.send_iq(user, "set", wrapped)
+                except StoreError as exc:
+                    log.info("roster.push_failed", resource=resource, error=str(exc))
+                    if exc.condition in _SESSION_GONE:
+                        # We missed its unavailable presence: stop pushing to it.
+                        self._forget_resource(JID(resource))
+                        return
+        finally:
+            del self._push_queues[resource]
 
     @staticmethod
     def _spawn(tasks: set[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> None:

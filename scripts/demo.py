@@ -15,12 +15,16 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from tests.harness.prosody import ProsodyServer, free_ports, require_build
 from tests.harness.webapp import FakeWebApp
-from tests.harness.xmpp_client import Roster, connected_client
+from tests.harness.xmpp_client import Roster, RosterPush, connected_client
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = "example.test"
@@ -38,6 +42,16 @@ def show(title: str, roster: Roster) -> None:
     for jid, entry in sorted(roster.items()):
         groups = ", ".join(entry["groups"]) or "-"
         print(f"  {jid:<22} name={entry['name']!s:<8} groups={groups:<16} {entry['subscription']}")
+
+
+def shows(jid: str, change: str) -> Callable[[RosterPush], bool]:
+    """A push carrying ``change`` (a new name, or "remove") for ``jid``."""
+
+    def check(push: RosterPush) -> bool:
+        entry = push.items.get(jid)
+        return entry is not None and change in {entry["name"], entry["subscription"]}
+
+    return check
 
 
 def write_config(path: Path, server: ProsodyServer, webapp: FakeWebApp, port: int) -> None:
@@ -117,19 +131,20 @@ async def run_story(
             f"dave@{DOMAIN}": {"name": "Dave", "groups": ["Work"]},
         }
         print("\nThe web app renames bob, drops carol, adds dave and posts a refresh:")
-        alice.pushes.clear()
         async with http.post(
             f"{url}/roster_admin/refresh",
             json=["alice"],
             headers={"Authorization": f"Bearer {TOKEN}"},
         ) as response:
             print(f"  POST /roster_admin/refresh -> {response.status} {await response.text()}")
-        await alice.wait_for_push(lambda _: len(alice.pushes.items) == 3)
-        for push in alice.pushes.items:
-            for jid, entry in push.items.items():
-                print(
-                    f"  push to alice: {jid:<22} name={entry['name']!s:<8} {entry['subscription']}"
-                )
+        for jid, change in (
+            (f"bob@{DOMAIN}", "Bobby"),
+            (f"carol@{DOMAIN}", "remove"),
+            (f"dave@{DOMAIN}", "Dave"),
+        ):
+            push = await alice.wait_for_push(shows(jid, change))
+            entry = push.items[jid]
+            print(f"  push to alice: {jid:<22} name={entry['name']!s:<8} {entry['subscription']}")
         show("alice's roster now:", await alice.get_roster())
 
 

@@ -14,7 +14,9 @@ from tests.harness.xmpp_client import StanzaError
 from tests.integration.conftest import System, eventually, item, jid
 
 if TYPE_CHECKING:
-    from tests.harness.xmpp_client import TestClient
+    from collections.abc import Mapping
+
+    from tests.harness.xmpp_client import RosterPush, TestClient
 
 pytestmark = pytest.mark.integration
 
@@ -298,3 +300,36 @@ async def test_a_roster_too_large_for_the_server_is_refused_not_sent(
     assert system.app.xmpp.ready
     async with system.client("bob") as bob:
         assert await bob.get_roster() == {jid("carol"): item("Carol")}
+
+
+def apply_pushes(roster: Mapping[str, object], pushes: list[RosterPush]) -> dict[str, object]:
+    """A client's view: its roster result with every push after it applied in order."""
+    view = dict(roster)
+    for push in pushes:
+        for contact, entry in push.items.items():
+            if entry["subscription"] == "remove":
+                view.pop(contact, None)
+            else:
+                view[contact] = entry
+    return view
+
+
+async def test_quick_successive_changes_leave_clients_in_the_final_state(
+    alice_roster: System,
+) -> None:
+    """Many refreshes in a row: the pushes a client applies in order end at the web app's truth."""
+    system = alice_roster
+    async with system.client("alice") as alice:
+        await logged_in_roster(system, alice)
+        await eventually(lambda: len(system.webapp.requests) >= 1)
+        start = await alice.get_roster()
+        alice.pushes.clear()
+        for round_ in range(6):
+            roster: dict[str, object] = {jid("bob"): {"name": f"Bob {round_}"}}
+            if round_ % 2:
+                roster[jid("carol")] = {"name": f"Carol {round_}"}
+            system.set_roster("alice", roster)
+            await system.refresh(["alice"])
+        final = {jid("bob"): item("Bob 5"), jid("carol"): item("Carol 5")}
+        await eventually(lambda: apply_pushes(start, alice.pushes.items) == final)
+        assert await alice.get_roster() == final
