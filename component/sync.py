@@ -40,7 +40,6 @@ class SyncResult:
     username: str
     ok: bool
     roster: Roster | None = None  # what the server now stores, when known
-    changes: RosterDiff = field(default_factory=lambda: RosterDiff((), ()))
     error: str | None = None
 
 
@@ -194,7 +193,7 @@ class Syncer:
             duration_ms=round((time.perf_counter() - began) * 1000, 1),
         )
         stored = {jid: c for jid, c in parsed.roster.items() if jid not in applied.rejected}
-        return SyncResult(username, ok=True, roster=stored, changes=applied.diff())
+        return SyncResult(username, ok=True, roster=stored)
 
     async def _apply(self, user: str, changes: RosterDiff, applied: _Applied) -> None:
         for jid in changes.removals:
