@@ -137,7 +137,7 @@ class Application:
         if not self.xmpp.ready or username in self._login_syncs:
             return
         self._login_syncs.add(username)
-        task = self._spawn(self.syncer.ensure_fresh(username))
+        task = self._spawn(self.syncer.ensure_fresh(username, background=True))
         task.add_done_callback(lambda _: self._login_syncs.discard(username))
 
     def _spawn(self, coro: Coroutine[object, object, _T]) -> asyncio.Task[_T]:

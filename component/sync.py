@@ -95,6 +95,7 @@ class Syncer:
         self._on_change = on_change
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
+        self._background_slots = asyncio.Semaphore(max(1, concurrency // 2))
         self._locks: dict[str, _UserLock] = {}
         # Users synced within max_age, oldest first (pruned as new outcomes arrive).
         self._last: OrderedDict[str, _Outcome] = OrderedDict()
@@ -107,9 +108,18 @@ class Syncer:
         """Sync with a roster fetched after this call began (the web app said it changed)."""
         return await self._sync(username, max_age=None)
 
-    async def ensure_fresh(self, username: str) -> SyncResult:
-        """Sync unless a successful sync finished less than ``max_age`` seconds ago."""
-        return await self._sync(username, max_age=self._max_age)
+    async def ensure_fresh(self, username: str, *, background: bool = False) -> SyncResult:
+        """Sync unless a successful sync finished less than ``max_age`` seconds ago.
+
+        Background syncs (users coming online: after a reconnect, every online user at once)
+        get at most half the slots, so that refreshes and users waiting for their roster are
+        never stuck behind them. They queue before taking the user's turn, so a user's own
+        roster request does not wait behind that queue either.
+        """
+        if not background:
+            return await self._sync(username, max_age=self._max_age)
+        async with self._background_slots:
+            return await self._sync(username, max_age=self._max_age)
 
     async def current_roster(self, username: str) -> Roster:
         """The roster the server holds for the user now. Raises StoreError."""

@@ -280,3 +280,24 @@ async def test_memory_holds_only_recent_users(
         clock.now += 1
     assert len(syncer._last) <= 62
     assert all(outcome.result is None for outcome in syncer._last.values())
+
+
+async def test_background_syncs_leave_room_for_refreshes(store: MemoryStore) -> None:
+    """A burst of logins cannot take every slot: a refresh still runs at once."""
+    release = asyncio.Event()
+
+    class SlowForLogins(ScriptedWebApp):
+        async def fetch(self, username: str, owner: str) -> ParsedRoster:
+            if username.startswith("login"):
+                await release.wait()
+            return await super().fetch(username, owner)
+
+    syncer = Syncer(SlowForLogins(), store, DOMAIN, concurrency=4, max_age=60)
+    logins = [
+        asyncio.create_task(syncer.ensure_fresh(f"login{i}", background=True)) for i in range(20)
+    ]
+    await asyncio.sleep(0.01)
+    async with asyncio.timeout(1):
+        assert (await syncer.refresh("webapp-user")).ok
+    release.set()
+    assert all(r.ok for r in await asyncio.gather(*logins))
