@@ -343,7 +343,7 @@ class XmppAdapter:
         error.send()
 
     async def _answer(self, request: stanzas.DelegatedRequest) -> ET.Element:
-        refusal = self._refusal(request)
+        refusal = refusal_for(request, self._domain)
         if refusal is not None:
             return refusal
         sender = JID(request.sender)
@@ -374,33 +374,6 @@ class XmppAdapter:
         metrics.DELEGATED.labels(result="ok").inc()
         bound.debug("roster.answered", contacts=len(roster))
         return answer
-
-    def _refusal(self, request: stanzas.DelegatedRequest) -> ET.Element | None:
-        """The error answer for a request we must not serve, or None to serve it."""
-        bound = log.bind(sender=request.sender, iq_type=request.type)
-        try:
-            sender = JID(request.sender)
-            target = JID(request.to) if request.to else None
-        except InvalidJID:
-            metrics.DELEGATED.labels(result="malformed").inc()
-            return stanzas.delegated_error(request, "modify", "jid-malformed")
-        if request.namespace != stanzas.ROSTER_NS:
-            metrics.DELEGATED.labels(result="not_roster").inc()
-            return stanzas.delegated_error(request, "cancel", "service-unavailable")
-        if sender.domain != self._domain or not sender.user:
-            metrics.DELEGATED.labels(result="forbidden").inc()
-            bound.warning("roster.request_refused", why="not a user of our domain")
-            return stanzas.delegated_error(request, "cancel", "forbidden")
-        if target is not None and target.bare != sender.bare:
-            # Prosody delegates requests addressed to another user's roster to us as well.
-            metrics.DELEGATED.labels(result="forbidden").inc()
-            bound.warning("roster.foreign_request_refused", target=target.full)
-            return stanzas.delegated_error(request, "auth", "forbidden")
-        if request.type == "set":
-            metrics.DELEGATED.labels(result="set_refused").inc()
-            bound.info("roster.set_refused")
-            return stanzas.delegated_error(request, "cancel", "not-allowed")
-        return None
 
     # --- outgoing IQs ----------------------------------------------------------------------
 
@@ -471,3 +444,31 @@ class XmppAdapter:
         task = asyncio.ensure_future(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+
+def refusal_for(request: stanzas.DelegatedRequest, domain: str) -> ET.Element | None:
+    """The error answer for a delegated request we must not serve, or None to serve it."""
+    bound = log.bind(sender=request.sender, iq_type=request.type)
+    try:
+        sender = JID(request.sender)
+        target = JID(request.to) if request.to else None
+    except InvalidJID:
+        metrics.DELEGATED.labels(result="malformed").inc()
+        return stanzas.delegated_error(request, "modify", "jid-malformed")
+    if request.namespace != stanzas.ROSTER_NS:
+        metrics.DELEGATED.labels(result="not_roster").inc()
+        return stanzas.delegated_error(request, "cancel", "service-unavailable")
+    if sender.domain != domain or not sender.user:
+        metrics.DELEGATED.labels(result="forbidden").inc()
+        bound.warning("roster.request_refused", why="not a user of our domain")
+        return stanzas.delegated_error(request, "cancel", "forbidden")
+    if target is not None and target.bare != sender.bare:
+        # Prosody delegates requests addressed to another user's roster to us as well.
+        metrics.DELEGATED.labels(result="forbidden").inc()
+        bound.warning("roster.foreign_request_refused", target=target.full)
+        return stanzas.delegated_error(request, "auth", "forbidden")
+    if request.type == "set":
+        metrics.DELEGATED.labels(result="set_refused").inc()
+        bound.info("roster.set_refused")
+        return stanzas.delegated_error(request, "cancel", "not-allowed")
+    return None
