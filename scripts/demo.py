@@ -39,6 +39,8 @@ ROSTERS: dict[str, dict[str, object]] = {
 
 def show(title: str, roster: Roster) -> None:
     print(f"\n{title}")
+    if not roster:
+        print("  (empty)")
     for jid, entry in sorted(roster.items()):
         groups = ", ".join(entry["groups"]) or "-"
         print(f"  {jid:<22} name={entry['name']!s:<8} groups={groups:<16} {entry['subscription']}")
@@ -123,8 +125,18 @@ async def run_story(
     server: ProsodyServer, webapp: FakeWebApp, http: aiohttp.ClientSession, url: str
 ) -> None:
     async with connected_client(f"alice@{DOMAIN}", "demo", server.c2s_port) as alice:
-        show("alice logs in; her roster, as the web app says:", await alice.get_roster())
+        roster = await alice.get_roster()
         await alice.send_presence()
+        if not server.delegate_roster:
+            # The server answered from its own store; the component syncs alice as her
+            # presence arrives and the server pushes the difference.
+            show("alice logs in; the server's stored roster:", roster)
+            async with asyncio.timeout(10):
+                while len(roster) != len(ROSTERS["alice"]):
+                    await alice.wait_for_push()
+                    alice.pushes.clear()
+                    roster = await alice.get_roster()
+        show("alice's roster, as the web app says:", roster)
 
         webapp.rosters["alice"] = {
             f"bob@{DOMAIN}": {"name": "Bobby", "groups": ["Friends"]},
