@@ -10,6 +10,7 @@ from xml.etree import ElementTree as ET
 import pytest
 from structlog.testing import capture_logs
 
+from component import stanzas
 from tests.harness.xmpp_client import StanzaError
 from tests.integration.conftest import System, eventually, item, jid
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from tests.harness.xmpp_client import RosterPush, TestClient
 
 pytestmark = pytest.mark.integration
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
 
 ALICE_ROSTER = {
     jid("bob"): {"name": "Bob", "groups": ["Friends", "Team"]},
@@ -333,3 +335,14 @@ async def test_quick_successive_changes_leave_clients_in_the_final_state(
         final = {jid("bob"): item("Bob 5"), jid("carol"): item("Carol 5")}
         await eventually(lambda: apply_pushes(start, alice.pushes.items) == final)
         assert await alice.get_roster() == final
+
+
+@delegated_only
+async def test_the_delegation_disco_nodes_are_answered(system: System) -> None:
+    """The nodes the server asks about for disco nesting (XEP-0355) carry the roster feature."""
+    async with system.client("alice") as alice:
+        for node in stanzas.delegation_disco_nodes(stanzas.ROSTER_NS):
+            query = ET.Element(f"{{{DISCO_INFO}}}query", {"node": node})
+            result = await alice.send_iq("get", system.server.component_jid, query)
+            features = {f.get("var") for f in result.iter(f"{{{DISCO_INFO}}}feature")}
+            assert stanzas.ROSTER_NS in features
