@@ -218,20 +218,6 @@ async def test_user_coming_online_is_synced(alice_roster: System) -> None:
         assert await logged_in_roster(system, alice) == {jid("dave"): item("Dave")}
 
 
-async def test_subscription_requests_change_no_roster(alice_roster: System) -> None:
-    """A user's subscribe/unsubscribe is refused by the shipped server config."""
-    system = alice_roster
-    async with system.client("alice") as alice:
-        await logged_in_roster(system, alice)
-        for kind in ("subscribe", "unsubscribe"):
-            alice.errors.clear()
-            await alice.send_subscription(jid("dave"), kind)
-            error = await alice.wait_for_error()
-            assert error.error is not None
-            assert error.error.condition == "not-allowed"
-        assert await alice.get_roster() == ALICE_EXPECTED
-
-
 async def test_a_user_cannot_forge_a_delegated_request(alice_roster: System) -> None:
     """Only the server may forward requests: bob posing as the server learns nothing."""
     system = alice_roster
