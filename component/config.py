@@ -35,8 +35,10 @@ Seconds = Annotated[float, Field(gt=0)]
 
 
 class _Section(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Unknown keys are errors: a typo must not silently fall back to a default. Types are
+    # strict: "5347", "yes", 0 for a boolean or 3.0 for a count are mistakes, not values to
+    # coerce (TOML has real integers, floats and booleans). An integer still fills a float.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 def _domain(value: str) -> str:

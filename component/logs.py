@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 LogFormat = Literal["auto", "json", "console"]
 
-# Libraries that are chatty at INFO about things the service already reports itself.
+# Libraries that are chatty at INFO about things the service already reports itself. At
+# debug they speak: an operator chasing a stanza problem needs slixmpp's stanza lines.
 _QUIET_LIBRARIES = {"slixmpp": logging.WARNING, "aiohttp.access": logging.WARNING}
 
 
@@ -58,4 +59,5 @@ def setup(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for name, quiet in _QUIET_LIBRARIES.items():
-        logging.getLogger(name).setLevel(max(quiet, root.level))
+        debugging = root.level <= logging.DEBUG
+        logging.getLogger(name).setLevel(root.level if debugging else max(quiet, root.level))

@@ -159,8 +159,7 @@ class XmppAdapter:
         # slixmpp's own retry loop backs off up to five minutes; ours is capped by config.
         self._xmpp.cancel_connection_attempt()
         self._attempt += 1
-        delay = min(self._config.reconnect_max_delay, 0.5 * 2 ** min(self._attempt, 10))
-        delay *= random.uniform(0.8, 1.2)  # noqa: S311 -- jitter, not cryptography
+        delay = reconnect_delay(self._attempt, self._config.reconnect_max_delay)
         log.info("xmpp.reconnect_scheduled", delay_s=round(delay, 2), attempt=self._attempt)
         self._reconnect = asyncio.get_running_loop().call_later(delay, self._connect)
 
@@ -444,6 +443,16 @@ class XmppAdapter:
         task = asyncio.ensure_future(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+
+def reconnect_delay(attempt: int, cap: float) -> float:
+    """Seconds before reconnection attempt number ``attempt`` (1, 2, ...): at most ``cap``.
+
+    Doubling from 1 s, with jitter so that components restarted together do not reconnect
+    in step; the jitter only shortens the wait, so the cap holds as documented.
+    """
+    base = min(cap, 0.5 * 2 ** min(attempt, 16))
+    return base * random.uniform(0.8, 1.0)  # noqa: S311 -- jitter, not cryptography
 
 
 def refusal_for(request: stanzas.DelegatedRequest, domain: str) -> ET.Element | None:

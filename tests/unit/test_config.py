@@ -76,6 +76,17 @@ def test_secrets_are_not_in_the_repr(write: Writer) -> None:
         (('secret = "s3cret"\n', ""), "component.secret is required"),
         (("port = 5347", "port = 99999"), "bad value for component.port"),
         (("port = 5347", 'port = "x"'), "bad value for component.port"),
+        (("port = 5347", 'port = "5347"'), "bad value for component.port"),
+        (
+            ('kind = "prosody"', 'kind = "prosody"\ndelegate_roster = "yes"'),
+            "bad value for server.delegate_roster",
+        ),
+        (
+            ('kind = "prosody"', 'kind = "prosody"\ndelegate_roster = 0'),
+            "bad value for server.delegate_roster",
+        ),
+        (("[webapp]", "[webapp]\nattempts = 3.0"), "bad value for webapp.attempts"),
+        (("[webapp]", '[webapp]\ntimeout = "10"'), "bad value for webapp.timeout"),
         (('kind = "prosody"', 'kind = "openfire"'), "bad value for server.kind"),
         (("/contacts/%s", "/contacts/"), "bad value for webapp.roster_url"),
         (('"http://127', '"ftp://127'), "bad value for webapp.roster_url"),
@@ -91,6 +102,12 @@ def test_bad_config_names_the_key(write: Writer, edit: tuple[str, str], message:
         config.load(path, environ={})
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_integers_fill_float_keys(write: Writer) -> None:
+    """Strict types still take a TOML integer where seconds are expected."""
+    cfg = config.load(write(GOOD.replace("[webapp]", "[webapp]\ntimeout = 3")), environ={})
+    assert cfg.webapp.timeout == 3.0
 
 
 def test_invalid_toml_is_reported(write: Writer) -> None:

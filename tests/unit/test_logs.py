@@ -13,20 +13,33 @@ import structlog
 from component import logs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+
+
+@pytest.fixture(name="log_setup")
+def fixture_log_setup() -> Iterator[Callable[[str], io.StringIO]]:
+    """Set logging up as the service does at a given level; returns what it writes."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    libraries = {name: logging.getLogger(name).level for name in ("slixmpp", "aiohttp.access")}
+
+    def setup(at: str) -> io.StringIO:
+        out = io.StringIO()
+        logs.setup(at, "json", stream=out)
+        return out
+
+    yield setup
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, library_level in libraries.items():
+        logging.getLogger(name).setLevel(library_level)
+    structlog.reset_defaults()
 
 
 @pytest.fixture(name="out")
-def fixture_out() -> Iterator[io.StringIO]:
-    """What the service writes to stdout, with JSON logging set up."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    out = io.StringIO()
-    logs.setup("info", "json", stream=out)
-    yield out
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
+def fixture_out(log_setup: Callable[[str], io.StringIO]) -> io.StringIO:
+    """What the service writes to stdout, with JSON logging set up at level info."""
+    return log_setup("info")
 
 
 def test_events_are_json_lines_with_fields(out: io.StringIO) -> None:
@@ -56,6 +69,13 @@ def test_below_the_level_is_dropped(out: io.StringIO) -> None:
     structlog.get_logger("x").debug("noise")
     logging.getLogger("slixmpp").info("chatter")
     assert out.getvalue() == ""
+
+
+def test_library_debug_lines_show_at_debug(log_setup: Callable[[str], io.StringIO]) -> None:
+    """At level debug, slixmpp's own debug lines (stanzas sent and received) are written."""
+    out = log_setup("debug")
+    logging.getLogger("slixmpp.xmlstream.xmlstream").debug("SEND: %s", "<iq/>")
+    assert json.loads(out.getvalue().strip())["event"] == "SEND: <iq/>"
 
 
 def test_exceptions_are_rendered_into_the_line(out: io.StringIO) -> None:
