@@ -80,9 +80,13 @@ _JSON_TYPES: tuple[tuple[type | tuple[type, ...], str], ...] = (
 def parse_webapp_roster(data: object, owner: str) -> ParsedRoster:
     """Turn the web app's decoded JSON into the roster *owner* (a bare JID) should have.
 
-    Raises RosterFormatError if *data* is not a JSON object. Bad entries are skipped or
-    adjusted, each with a warning, so one typo in the web app cannot block a whole roster.
+    Raises RosterFormatError if *data* is not a JSON object, or exactly ``[]``: PHP's
+    json_encode writes an empty map that way, and mod_http_roster_admin read it as "no
+    contacts". Bad entries are skipped or adjusted, each with a warning, so one typo in the
+    web app cannot block a whole roster.
     """
+    if data == []:
+        data = {}
     if not isinstance(data, dict):
         raise RosterFormatError(f"expected a JSON object, got {_json_type(data)}")
     owner_jid = JID(owner).bare

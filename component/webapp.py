@@ -1,4 +1,4 @@
-"""Fetching a user's roster from the web app (PROTOCOL.md, section 1)."""
+"""Fetching a user's roster from the web app (README, "The web app's side")."""
 
 from __future__ import annotations
 

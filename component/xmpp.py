@@ -451,7 +451,7 @@ def reconnect_delay(attempt: int, cap: float) -> float:
     Doubling from 1 s, with jitter so that components restarted together do not reconnect
     in step; the jitter only shortens the wait, so the cap holds as documented.
     """
-    base = min(cap, 0.5 * 2 ** min(attempt, 16))
+    base = min(cap, 0.5 * 2.0 ** min(attempt, 16))
     return base * random.uniform(0.8, 1.0)  # noqa: S311 -- jitter, not cryptography
 
 

@@ -32,7 +32,8 @@ class FakeWebApp:
     """
 
     def __init__(self) -> None:
-        self.rosters: dict[str, dict[str, object]] = {}
+        # A list stands for what some web apps send for an empty roster: [].
+        self.rosters: dict[str, dict[str, object] | list[object]] = {}
         self.requests: list[RecordedRequest] = []
         self.upcoming: list[Answer] = []
         self._mode: Mode = "ok"

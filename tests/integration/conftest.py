@@ -107,8 +107,8 @@ class System:
         ) as response:
             return response.status, await response.json()
 
-    def set_roster(self, user: str, roster: Mapping[str, object]) -> None:
-        self.webapp.rosters[user] = dict(roster)
+    def set_roster(self, user: str, roster: Mapping[str, object] | list[object]) -> None:
+        self.webapp.rosters[user] = list(roster) if isinstance(roster, list) else dict(roster)
 
 
 @pytest.fixture(params=[True, False], ids=["delegated", "server-answers"])

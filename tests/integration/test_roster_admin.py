@@ -99,6 +99,26 @@ async def test_refresh_changes_are_pushed_to_online_clients(alice_roster: System
         }
 
 
+def removed(pushes: list[RosterPush]) -> set[str]:
+    """The contacts that roster pushes removed."""
+    return {c for push in pushes for c, e in push.items.items() if e["subscription"] == "remove"}
+
+
+async def test_an_empty_array_empties_the_roster_and_pushes_the_removals(
+    alice_roster: System,
+) -> None:
+    """A web app answering exactly [] (PHP's empty map) means no contacts: all are removed."""
+    system = alice_roster
+    async with system.client("alice") as alice:
+        await logged_in_roster(system, alice)
+        alice.pushes.clear()
+        system.set_roster("alice", [])
+        status, body = await system.refresh(["alice"])
+        assert (status, body["updated"], body["errors"]) == (200, 1, 0)
+        await eventually(lambda: removed(alice.pushes.items) == set(ALICE_EXPECTED))
+        assert await alice.get_roster() == {}
+
+
 async def test_offline_users_are_refreshed_for_their_next_login(alice_roster: System) -> None:
     """A refresh of an offline user is stored by the server and seen at the next login."""
     system = alice_roster

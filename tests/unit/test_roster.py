@@ -34,7 +34,7 @@ def parse_contact(value: object) -> tuple[Contact, tuple[str, ...]]:
 
 class TestParse:
     def test_protocol_example(self) -> None:
-        """The example roster from PROTOCOL.md parses into names and groups, all "both"."""
+        """The README's example roster parses into names and groups, all "both"."""
         parsed = parse(
             {
                 MARIE: {"name": "Marie"},
@@ -55,9 +55,13 @@ class TestParse:
         """An empty object is a valid, empty roster."""
         assert parse({}) == ParsedRoster(roster={}, warnings=())
 
-    @pytest.mark.parametrize("data", [[], [MARIE], "x", 1, None, True])
+    def test_empty_array_is_an_empty_roster(self) -> None:
+        """Exactly [] (PHP's json_encode of an empty map) is an empty roster, like {}."""
+        assert parse([]) == ParsedRoster(roster={}, warnings=())
+
+    @pytest.mark.parametrize("data", [[MARIE], [{}], [[]], "x", "[]", 1, 0, None, True, False])
     def test_not_an_object(self, data: object) -> None:
-        """Anything but a JSON object is not a roster at all."""
+        """Anything but a JSON object or [] is not a roster at all."""
         with pytest.raises(RosterFormatError, match="expected a JSON object"):
             parse(data)
 

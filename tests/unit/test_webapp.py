@@ -213,6 +213,16 @@ async def test_bad_body(
     assert len(webapp.requests) == 1
 
 
+async def test_empty_array_is_an_empty_roster(client: WebAppClient, webapp: FakeWebApp) -> None:
+    """A web app that encodes an empty map as [] (PHP) gets an empty roster, not an error."""
+    webapp.rosters["john"] = []
+
+    parsed = await client.fetch("john", OWNER)
+
+    assert dict(parsed.roster) == {}
+    assert parsed.warnings == ()
+
+
 async def test_size_limit(make_client: MakeClient, webapp: FakeWebApp) -> None:
     """A body of exactly max_bytes is accepted; one byte more is too large, not retried."""
     webapp.rosters["john"] = {f"user{i}@example.com": {"name": "x" * 50} for i in range(100)}
