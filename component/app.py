@@ -12,6 +12,7 @@ from aiohttp import web
 
 from component import __version__
 from component.http_api import HttpApi
+from component.reconcile import Reconciler
 from component.store import PrivilegedRosterStore
 from component.sync import Syncer
 from component.webapp import WebAppClient
@@ -62,6 +63,13 @@ class Application:
             max_age=config.sync.max_age,
             on_change=self.xmpp.push,
         )
+        # A quarter of the sync slots at most: refreshes and logins come first.
+        self.reconciler = Reconciler(
+            self.syncer,
+            self.xmpp,
+            interval=config.sync.reconcile_interval,
+            slots=max(1, config.sync.concurrency // 4),
+        )
         self.http = HttpApi(
             config.listener,
             domain=config.users.domain,
@@ -85,6 +93,8 @@ class Application:
         log.info("http.listening", host=listener.host, port=self.http_port, version=__version__)
         _sd_notify("STATUS=connecting to the XMPP server")
         self.xmpp.start()
+        if self.config.sync.reconcile_interval:
+            self._spawn(self.reconciler.run())
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight refreshes finish (bounded), then close the links.

@@ -117,6 +117,10 @@ class SyncConfig(_Section):
     concurrency: Annotated[int, Field(ge=1, le=128)] = 16
     xmpp_timeout: Seconds = 10.0
     answer_timeout: Seconds = 20.0
+    # Drift is rare (the server's rules block what they can, every login re-syncs): an hour
+    # bounds how long a slipped-through change lasts for one web-app request per online user
+    # per hour. 0 turns it off.
+    reconcile_interval: Annotated[float, Field(ge=0)] = 3600.0
 
 
 class LogConfig(_Section):

@@ -9,9 +9,13 @@ We read raw XML rather than slixmpp stanza objects because the interesting paylo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from xml.etree import ElementTree as ET
 
 from component.roster import Contact, Roster
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 ROSTER_NS = "jabber:iq:roster"
 CLIENT_NS = "jabber:client"
@@ -20,6 +24,8 @@ STANZA_ERROR_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 PRIVILEGE_NS = ("urn:xmpp:privilege:2", "urn:xmpp:privilege:1")
 DELEGATION_NS = "urn:xmpp:delegation:2"
 DISCO_INFO_NS = "http://jabber.org/protocol/disco#info"
+# Our own request to deploy/prosody/mod_roster_admin_presence.lua (see presence_update).
+PRESENCE_UPDATE_NS = "urn:http-roster-admin:presence:0"
 
 SUBSCRIPTIONS = frozenset({"none", "to", "from", "both"})
 
@@ -56,6 +62,20 @@ def roster_removal(jid: str) -> ET.Element:
     query = ET.Element(_q(ROSTER_NS, "query"))
     ET.SubElement(query, _q(ROSTER_NS, "item"), {"jid": jid, "subscription": "remove"})
     return query
+
+
+def presence_update(username: str, added: Iterable[str], removed: Iterable[str]) -> ET.Element:
+    """Ask the server to make presence flow live for contacts added to or removed from a roster.
+
+    Prosody exchanges no presence when a privileged roster SET makes two online users
+    contacts, or removes one: the shipped module sends each side's current presence (or
+    ``unavailable``) on the request of the component, and of no one else.
+    """
+    update = ET.Element(_q(PRESENCE_UPDATE_NS, "update"), {"user": username})
+    for tag, jids in (("added", added), ("removed", removed)):
+        for jid in jids:
+            ET.SubElement(update, _q(PRESENCE_UPDATE_NS, tag), {"jid": jid})
+    return update
 
 
 def parse_roster_query(query: ET.Element | None) -> dict[str, Contact]:

@@ -12,6 +12,7 @@ from component import stanzas
 from component.errors import StoreError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from xml.etree import ElementTree as ET
 
     from component.roster import Contact
@@ -32,6 +33,15 @@ class RosterStore(Protocol):
 
     async def remove(self, user: str, jid: str) -> None:
         """Remove one item; an item that is already gone is not an error. Raises StoreError."""
+        ...
+
+    async def announce(self, user: str, added: Sequence[str], removed: Sequence[str]) -> None:
+        """Make presence flow now between ``user`` and contacts that were just added or removed.
+
+        Written rosters only govern presence sent from then on: online users see a new
+        contact's current presence, or a removed one going away, only through this. Raises
+        StoreError.
+        """
         ...
 
 
@@ -66,3 +76,9 @@ class PrivilegedRosterStore:
         except StoreError as exc:
             if exc.condition != "item-not-found":
                 raise
+
+    async def announce(self, user: str, added: Sequence[str], removed: Sequence[str]) -> None:
+        # XEP-0356 cannot send presence for users: the shipped mod_roster_admin_presence does,
+        # asked by an IQ to the users' host.
+        username, _, domain = user.partition("@")
+        await self._sender.send_iq(domain, "set", stanzas.presence_update(username, added, removed))

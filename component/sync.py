@@ -23,6 +23,8 @@ from component.webapp import FetchError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from structlog.typing import FilteringBoundLogger as BoundLogger
+
     from component.roster import Contact, ParsedRoster, Roster
     from component.store import RosterStore
 
@@ -108,6 +110,13 @@ class Syncer:
         """Sync with a roster fetched after this call began (the web app said it changed)."""
         return await self._sync(username, max_age=None)
 
+    async def reconcile(self, username: str) -> SyncResult:
+        """Sync now to repair drift: a roster changed behind the web app's back.
+
+        Whatever it has to change is logged as ``roster.repaired``, item by item.
+        """
+        return await self._sync(username, max_age=None, repair=True)
+
     async def ensure_fresh(self, username: str, *, background: bool = False) -> SyncResult:
         """Sync unless a successful sync finished less than ``max_age`` seconds ago.
 
@@ -125,7 +134,9 @@ class Syncer:
         """The roster the server holds for the user now. Raises StoreError."""
         return await self._store.read(self.user_jid(username))
 
-    async def _sync(self, username: str, *, max_age: float | None) -> SyncResult:
+    async def _sync(
+        self, username: str, *, max_age: float | None, repair: bool = False
+    ) -> SyncResult:
         requested = next(self._tickets)
         entry = self._locks.setdefault(username, _UserLock())
         entry.waiters += 1
@@ -144,7 +155,7 @@ class Syncer:
                     return SyncResult(username, ok=True)
                 started = next(self._tickets)
                 async with self._slots:
-                    result = await self._run(username)
+                    result = await self._run(username, repair=repair)
                 self._remember(username, _Outcome(started, self._clock(), result.ok, result))
                 return result
         finally:
@@ -164,7 +175,7 @@ class Syncer:
                 break
             del self._last[oldest]
 
-    async def _run(self, username: str) -> SyncResult:
+    async def _run(self, username: str, *, repair: bool) -> SyncResult:
         user = self.user_jid(username)
         bound = log.bind(user=user)
         began = time.perf_counter()
@@ -176,6 +187,7 @@ class Syncer:
             bound.warning("sync.fetch_failed", reason=exc.reason)
             return SyncResult(username, ok=False, error=f"fetch failed: {exc.reason}")
         applied = _Applied()
+        current: Roster = {}
         try:
             current = await self._store.read(user)
             await self._apply(user, diff(current, parsed.roster), applied)
@@ -188,8 +200,13 @@ class Syncer:
                 bound.error("sync.store_failed", error=str(exc), condition=exc.condition)
             return SyncResult(username, ok=False, error=f"server store: {exc}")
         finally:
-            if (applied.upserts or applied.removals) and self._on_change is not None:
-                self._on_change(user, applied.diff())
+            # What was written is told to clients even when the sync failed half-way.
+            if applied.upserts or applied.removals:
+                if self._on_change is not None:
+                    self._on_change(user, applied.diff())
+                await self._announce(user, current, applied)
+                if repair:
+                    _log_repair(bound, current, applied)
         metrics.SYNCS.labels(result="ok").inc()
         metrics.ITEMS_WRITTEN.inc(len(applied.upserts))
         metrics.ITEMS_REMOVED.inc(len(applied.removals))
@@ -205,6 +222,27 @@ class Syncer:
         stored = {jid: c for jid, c in parsed.roster.items() if jid not in applied.rejected}
         return SyncResult(username, ok=True, roster=stored)
 
+    async def _announce(self, user: str, before: Roster, applied: _Applied) -> None:
+        """Live presence for contacts whose presence relationship began or ended."""
+        added = [
+            c.jid
+            for c in applied.upserts
+            if c.subscription == "both" and _subscription(before, c.jid) != "both"
+        ]
+        removed = [jid for jid in applied.removals if _subscription(before, jid) != "none"]
+        if not (added or removed):
+            return
+        try:
+            await self._store.announce(user, added, removed)
+        except StoreError as exc:
+            # The rosters are right; only presence lags until the users next send theirs.
+            log.warning(
+                "sync.announce_failed",
+                user=user,
+                error=str(exc),
+                hint="is the server's presence module (deploy/) loaded?",
+            )
+
     async def _apply(self, user: str, changes: RosterDiff, applied: _Applied) -> None:
         for jid in changes.removals:
             await self._store.remove(user, jid)
@@ -219,3 +257,31 @@ class Syncer:
                 applied.rejected.add(contact.jid)
             else:
                 applied.upserts.append(contact)
+
+
+def _subscription(roster: Roster, jid: str) -> str:
+    contact = roster.get(jid)
+    return "none" if contact is None else contact.subscription
+
+
+def _describe(contact: Contact | None) -> dict[str, object] | None:
+    if contact is None:
+        return None
+    return {
+        "subscription": contact.subscription,
+        "ask": contact.ask,
+        "name": contact.name,
+        "groups": sorted(contact.groups),
+    }
+
+
+def _log_repair(bound: BoundLogger, before: Roster, applied: _Applied) -> None:
+    """One event per repaired user, with each item as it was and as it is now."""
+    items = [
+        {"jid": c.jid, "was": _describe(before.get(c.jid)), "now": _describe(c)}
+        for c in applied.upserts
+    ]
+    items += [
+        {"jid": jid, "was": _describe(before.get(jid)), "now": None} for jid in applied.removals
+    ]
+    bound.warning("roster.repaired", items=items)

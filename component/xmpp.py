@@ -289,6 +289,13 @@ class XmppAdapter:
             self._track_resource(sender)
             self._on_available(sender.user)
 
+    def online_users(self) -> list[str]:
+        """Usernames with a session we know of (from presence, or a roster request)."""
+        return [bare.partition("@")[0] for bare in self._resources]
+
+    def is_online(self, username: str) -> bool:
+        return f"{username}@{self._domain}" in self._resources
+
     def _track_resource(self, full: JID) -> None:
         # Resources that asked us for their roster, or that are online: a client that is
         # online has received its roster, and after our restart that request is forgotten.

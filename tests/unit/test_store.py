@@ -78,3 +78,18 @@ async def test_other_removal_errors_are_raised(
     sender.error = StoreError("no", "forbidden")
     with pytest.raises(StoreError):
         await store.remove(ALICE, "bob@x")
+
+
+async def test_announce_asks_the_users_host_for_presence(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """Presence for added and removed contacts is one request to the host, naming the user."""
+    await store.announce(ALICE, ["bob@example.test"], ["carol@remote.test"])
+    [(to, iq_type, payload)] = sender.sent
+    assert (to, iq_type) == ("example.test", "set")
+    assert payload.tag == f"{{{stanzas.PRESENCE_UPDATE_NS}}}update"
+    assert payload.get("user") == "alice"
+    assert [(child.tag.rpartition("}")[2], child.get("jid")) for child in payload] == [
+        ("added", "bob@example.test"),
+        ("removed", "carol@remote.test"),
+    ]

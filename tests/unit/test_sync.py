@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import pytest
+from structlog.testing import capture_logs
 
 from component.errors import StoreError
 from component.roster import Contact, ParsedRoster, Roster, RosterDiff
 from component.sync import Syncer
 from component.webapp import FetchError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 DOMAIN = "example.test"
 
@@ -22,6 +27,9 @@ class MemoryStore:
         self.writes = 0
         self.fail_writes_after: int | None = None
         self.refused: dict[str, str] = {}  # contact JID -> condition the server answers
+        # (user, added, removed) for each presence announcement; fails when set.
+        self.announced: list[tuple[str, list[str], list[str]]] = []
+        self.announce_error: StoreError | None = None
 
     async def read(self, user: str) -> dict[str, Contact]:
         await asyncio.sleep(0)
@@ -38,6 +46,11 @@ class MemoryStore:
     async def remove(self, user: str, jid: str) -> None:
         self.writes += 1
         self.rosters.get(user, {}).pop(jid, None)
+
+    async def announce(self, user: str, added: Sequence[str], removed: Sequence[str]) -> None:
+        if self.announce_error is not None:
+            raise self.announce_error
+        self.announced.append((user, list(added), list(removed)))
 
 
 class ScriptedWebApp:
@@ -301,3 +314,85 @@ async def test_background_syncs_leave_room_for_refreshes(store: MemoryStore) -> 
         assert (await syncer.refresh("webapp-user")).ok
     release.set()
     assert all(r.ok for r in await asyncio.gather(*logins))
+
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+CAROL = "carol@example.test"
+
+
+async def test_presence_is_announced_for_contacts_added_and_removed(
+    syncer: Syncer, store: MemoryStore, webapp: ScriptedWebApp
+) -> None:
+    """New contacts and removed ones are announced; renames and regroups are not."""
+    store.rosters[ALICE] = {
+        "old@example.test": Contact("old@example.test"),
+        "stray@example.test": Contact("stray@example.test", subscription="none", ask=True),
+        CAROL: Contact(CAROL, "Caroline"),
+    }
+    await syncer.refresh("alice")
+    assert store.announced == [(ALICE, [BOB], ["old@example.test"])]
+    webapp.rosters["alice"] = {CAROL: Contact(CAROL, "Carol", frozenset({"New"}))}
+    await syncer.refresh("alice")
+    assert store.announced[1:] == [(ALICE, [], [BOB])]
+
+
+async def test_a_contact_becoming_both_is_announced(syncer: Syncer, store: MemoryStore) -> None:
+    """A drifted subscription put back to both starts presence again: announced as added."""
+    store.rosters[ALICE] = {
+        BOB: Contact(BOB, "Bob", frozenset({"Team"}), subscription="to"),
+        CAROL: Contact(CAROL, "Carol"),
+    }
+    await syncer.refresh("alice")
+    assert store.announced == [(ALICE, [BOB], [])]
+
+
+async def test_nothing_changed_nothing_announced(syncer: Syncer, store: MemoryStore) -> None:
+    """A sync that writes nothing sends no announcement."""
+    await syncer.refresh("alice")
+    await syncer.refresh("alice")
+    assert len(store.announced) == 1
+
+
+async def test_a_failed_announcement_does_not_fail_the_sync(
+    syncer: Syncer, store: MemoryStore
+) -> None:
+    """The roster is right even if presence could not be sent: the sync is ok, with a warning."""
+    store.announce_error = StoreError("no module", "service-unavailable")
+    with capture_logs() as logs:
+        assert (await syncer.refresh("alice")).ok
+    [warning] = [e for e in logs if e["event"] == "sync.announce_failed"]
+    assert "presence module" in warning["hint"]
+
+
+async def test_reconcile_logs_each_repaired_item(syncer: Syncer, store: MemoryStore) -> None:
+    """A reconciliation that finds drift logs one roster.repaired with each item's before/after."""
+    store.rosters[ALICE] = {
+        BOB: Contact(BOB, "Bob", frozenset({"Team"}), subscription="from"),
+        CAROL: Contact(CAROL, "Carol"),
+        "mallory@example.test": Contact("mallory@example.test", subscription="none", ask=True),
+    }
+    with capture_logs() as logs:
+        assert (await syncer.reconcile("alice")).ok
+        assert (await syncer.reconcile("alice")).ok
+    [repaired] = [e for e in logs if e["event"] == "roster.repaired"]
+    assert repaired["user"] == ALICE
+    assert repaired["items"] == [
+        {
+            "jid": BOB,
+            "was": {"subscription": "from", "ask": False, "name": "Bob", "groups": ["Team"]},
+            "now": {"subscription": "both", "ask": False, "name": "Bob", "groups": ["Team"]},
+        },
+        {
+            "jid": "mallory@example.test",
+            "was": {"subscription": "none", "ask": True, "name": None, "groups": []},
+            "now": None,
+        },
+    ]
+
+
+async def test_refreshes_are_not_reported_as_repairs(syncer: Syncer) -> None:
+    """Changes the web app asked for are syncs, not repairs."""
+    with capture_logs() as logs:
+        await syncer.refresh("alice")
+    assert not [e for e in logs if e["event"] == "roster.repaired"]
