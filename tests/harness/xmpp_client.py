@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
@@ -89,6 +90,9 @@ class Received:
     xml: str
     error: StanzaError | None = None
     body: str | None = None
+    show: str | None = None  # presence only
+    status: str | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass
@@ -235,7 +239,10 @@ class TestClient:
         stanza_type = xml.get("type", default_type)
         body = xml.findtext("{jabber:client}body")
         error = StanzaError.from_stanza(xml) if stanza_type == "error" else None
-        return Received(kind, xml.get("from", ""), stanza_type, _xml(xml), error, body)
+        show, status = xml.findtext("{jabber:client}show"), xml.findtext("{jabber:client}status")
+        return Received(
+            kind, xml.get("from", ""), stanza_type, _xml(xml), error, body, show, status
+        )
 
     def _on_presence(self, presence: Any) -> None:
         received = self._received("presence", presence, "available")
@@ -322,9 +329,18 @@ class TestClient:
         self.xmpp.send_presence(pto=to, ptype=cast("Any", subscription_type))
         await asyncio.sleep(0)  # let the send queue run
 
-    async def send_presence(self, to: str | None = None, presence_type: str | None = None) -> None:
+    async def send_presence(
+        self,
+        to: str | None = None,
+        presence_type: str | None = None,
+        *,
+        show: str | None = None,
+        status: str | None = None,
+    ) -> None:
         """Available presence (broadcast, or directed when `to` is given)."""
-        self.xmpp.send_presence(pto=to, ptype=cast("Any", presence_type))
+        self.xmpp.send_presence(
+            pto=to, ptype=cast("Any", presence_type), pshow=show, pstatus=status
+        )
         await asyncio.sleep(0)
 
     async def send_message(self, to: str, body: str) -> None:

@@ -107,6 +107,25 @@ class System:
         ) as response:
             return response.status, await response.json()
 
+    async def logged_in_roster(self, client: TestClient) -> dict[str, object]:
+        """The roster a client ends up with after logging in and sending initial presence.
+
+        Delegated: the first roster request is already the web app's roster. Otherwise the
+        server answers from its store, and the login sync corrects it with pushes until the
+        roster is ``expected``.
+        """
+        roster = await client.get_roster()
+        await client.send_presence()
+        if not self.delegated:
+
+            async def settled() -> bool:
+                nonlocal roster
+                roster = await client.get_roster()
+                return dict(roster) == self.expected
+
+            await eventually(settled)
+        return dict(roster)
+
     def set_roster(self, user: str, roster: Mapping[str, object] | list[object]) -> None:
         self.webapp.rosters[user] = list(roster) if isinstance(roster, list) else dict(roster)
 
@@ -123,7 +142,10 @@ async def fixture_webapp() -> AsyncIterator[FakeWebApp]:
         yield webapp
 
 
-def write_config(path: Path, server: ProsodyServer, webapp: FakeWebApp) -> Path:
+def write_config(
+    path: Path, server: ProsodyServer, webapp: FakeWebApp, *, reconcile_interval: float = 0
+) -> Path:
+    """The component's config for this server and web app (reconciliation off by default)."""
     path.write_text(
         f"""
 [component]
@@ -149,6 +171,7 @@ delegate_roster = {str(server.delegate_roster).lower()}
 max_age = 0
 xmpp_timeout = 5
 answer_timeout = 5
+reconcile_interval = {reconcile_interval}
 [log]
 format = "console"
 level = "debug"

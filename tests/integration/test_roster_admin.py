@@ -17,7 +17,7 @@ from tests.integration.conftest import System, eventually, item, jid
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from tests.harness.xmpp_client import RosterPush, TestClient
+    from tests.harness.xmpp_client import RosterPush
 
 pytestmark = pytest.mark.integration
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
@@ -35,25 +35,6 @@ ALICE_EXPECTED = {
 }
 
 
-async def logged_in_roster(system: System, client: TestClient) -> dict[str, object]:
-    """The roster a client ends up with after logging in and sending initial presence.
-
-    Delegated: the first roster request is already the web app's roster. Otherwise the
-    server answers from its store, and the login sync corrects it with pushes.
-    """
-    roster = await client.get_roster()
-    await client.send_presence()
-    if not system.delegated:
-
-        async def settled() -> bool:
-            nonlocal roster
-            roster = await client.get_roster()
-            return dict(roster) == system.expected
-
-        await eventually(settled)
-    return dict(roster)
-
-
 @pytest.fixture(name="alice_roster")
 def fixture_alice_roster(system: System) -> System:
     system.set_roster("alice", ALICE_ROSTER)
@@ -68,7 +49,7 @@ async def test_login_roster_equals_the_web_app(alice_roster: System) -> None:
         if system.delegated:
             assert await alice.get_roster() == ALICE_EXPECTED
         else:
-            assert await logged_in_roster(system, alice) == ALICE_EXPECTED
+            assert await system.logged_in_roster(alice) == ALICE_EXPECTED
     assert system.webapp.requests[0].raw_path == "/contacts/alice"
 
 
@@ -76,7 +57,7 @@ async def test_refresh_changes_are_pushed_to_online_clients(alice_roster: System
     """Adds, removals, renames and regroups reach an online client as roster pushes."""
     system = alice_roster
     async with system.client("alice") as alice:
-        await logged_in_roster(system, alice)
+        await system.logged_in_roster(alice)
         alice.pushes.clear()
         system.set_roster(
             "alice",
@@ -110,7 +91,7 @@ async def test_an_empty_array_empties_the_roster_and_pushes_the_removals(
     """A web app answering exactly [] (PHP's empty map) means no contacts: all are removed."""
     system = alice_roster
     async with system.client("alice") as alice:
-        await logged_in_roster(system, alice)
+        await system.logged_in_roster(alice)
         alice.pushes.clear()
         system.set_roster("alice", [])
         status, body = await system.refresh(["alice"])
@@ -134,7 +115,7 @@ async def test_roster_changes_from_users_are_refused(alice_roster: System) -> No
     """Adding, renaming or removing from a client is refused and changes nothing."""
     system = alice_roster
     async with system.client("alice") as alice:
-        await logged_in_roster(system, alice)
+        await system.logged_in_roster(alice)
         for attempt in (
             alice.set_roster_item(jid("mallory"), "Mallory"),
             alice.set_roster_item(jid("bob"), "Not Bob", ["Elsewhere"]),
@@ -235,7 +216,7 @@ async def test_user_coming_online_is_synced(alice_roster: System) -> None:
     system.set_roster("alice", {jid("dave"): {"name": "Dave"}})
     system.expected = {jid("dave"): item("Dave")}
     async with system.client("alice") as alice:
-        assert await logged_in_roster(system, alice) == {jid("dave"): item("Dave")}
+        assert await system.logged_in_roster(alice) == {jid("dave"): item("Dave")}
 
 
 async def test_a_user_cannot_forge_a_delegated_request(alice_roster: System) -> None:
@@ -328,7 +309,7 @@ async def test_quick_successive_changes_leave_clients_in_the_final_state(
     """Many refreshes in a row: the pushes a client applies in order end at the web app's truth."""
     system = alice_roster
     async with system.client("alice") as alice:
-        await logged_in_roster(system, alice)
+        await system.logged_in_roster(alice)
         await eventually(lambda: len(system.webapp.requests) >= 1)
         start = await alice.get_roster()
         alice.pushes.clear()
