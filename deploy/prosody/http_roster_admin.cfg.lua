@@ -7,7 +7,9 @@
 --      ends with Include "conf.d/*.cfg.lua"; otherwise add an Include line for it at the END of
 --      prosody.cfg.lua, after your own VirtualHost).
 --   3. Copy block_subscriptions.pfw (and, for the non-delegated mode, block_roster_sets.pfw)
---      to /etc/prosody/http_roster_admin/.
+--      to /etc/prosody/http_roster_admin/, and mod_roster_admin_presence.lua to
+--      /usr/local/lib/prosody/modules/ (Debian's prosody.cfg.lua lists that directory in
+--      plugin_paths; if yours does not, copy the module to a directory that it lists).
 --   4. Replace every "example.org" below with your XMPP domain and "roster.example.org" with
 --      the component's domain, set component_secret to a long random string (the same as in
 --      the component's own configuration), then restart Prosody.
@@ -32,6 +34,8 @@ VirtualHost "example.org"
         "privilege";  -- XEP-0356: the component reads/writes rosters, sees presence
         "delegation"; -- XEP-0355: users' roster requests are answered by the component
         "firewall";   -- refuses users' subscription stanzas (and, non-delegated, roster SETs)
+        -- mod_roster_admin_presence.lua: presence between contacts the component adds/removes
+        "roster_admin_presence";
     }
 
     -- Rules run for stanzas sent by this host's users (::preroute).

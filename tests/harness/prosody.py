@@ -267,6 +267,9 @@ authentication = "internal_plain"
 storage = "internal"
 
 modules_enabled = {{ {lua_modules} }}
+-- Operators copy the shipped module to /usr/local/lib/prosody/modules, which Debian's
+-- prosody.cfg.lua lists in plugin_paths; tests load it from deploy/prosody instead.
+plugin_paths = {{ {_lua_str(DEPLOY_DIR)} }}
 -- Tests never talk to other servers: no outgoing s2s, even for remote contacts' presence.
 modules_disabled = {{ "s2s" }}
 

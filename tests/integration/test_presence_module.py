@@ -1,0 +1,285 @@
+"""deploy/prosody/mod_roster_admin_presence.lua on real Prosody 0.12 and 13: on the component's
+request, presence flows between users whose rosters it changed."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.harness.xmpp_client import (
+    StanzaError,
+    _send_iq,
+    connected_client,
+    connected_component,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+    from tests.harness.prosody import ProsodyServer
+    from tests.harness.xmpp_client import Received, TestClient, TestComponent
+
+    ServerFactory = Callable[..., Awaitable[ProsodyServer]]
+
+pytestmark = pytest.mark.integration
+
+NS = "urn:http-roster-admin:presence:0"
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+PASSWORD = "pw"
+USERS = ("alice", "bob", "carol")
+_markers = itertools.count()
+
+
+def update(user: str | None, added: Iterable[str] = (), removed: Iterable[str] = ()) -> ET.Element:
+    """The component's request: <update user='…'><added jid='…'/><removed jid='…'/></update>."""
+    element = ET.Element(f"{{{NS}}}update", {} if user is None else {"user": user})
+    for kind, jids in (("added", added), ("removed", removed)):
+        for jid in jids:
+            ET.SubElement(element, f"{{{NS}}}{kind}", {"jid": jid})
+    return element
+
+
+def sent_by(sender: str, presence_type: str | None = None) -> Callable[[Received], bool]:
+    """Matches a stanza from exactly `sender` (of `presence_type`, when given)."""
+    return lambda p: p.sender == sender and presence_type in {None, p.type}
+
+
+def has_body(body: str) -> Callable[[Received], bool]:
+    return lambda m: m.body == body
+
+
+def presences_from(client: TestClient, bare_jid: str) -> list[Received]:
+    return [p for p in client.presences.items if p.sender.partition("/")[0] == bare_jid]
+
+
+async def settle(*clients: TestClient) -> None:
+    """Return once each client has received everything the server sent it before this call.
+
+    A message to one's own full JID comes back through the server after them.
+    """
+    for client in clients:
+        marker = f"marker-{next(_markers)}"
+        await client.send_message(client.jid, marker)
+        await client.wait_for_message(has_body(marker))
+
+
+async def start_afresh(*clients: TestClient) -> None:
+    """Settle, then forget the presences received so far (e.g. answers to login probes)."""
+    await settle(*clients)
+    for client in clients:
+        client.presences.clear()
+
+
+@dataclass
+class Site:
+    """A running server with USERS registered, the bare component connected, and helpers."""
+
+    server: ProsodyServer
+    component: TestComponent
+    _stack: contextlib.AsyncExitStack
+
+    def jid(self, user: str) -> str:
+        return f"{user}@{self.server.domain}"
+
+    async def online(
+        self, user: str, resource: str, show: str | None = None, status: str | None = None
+    ) -> TestClient:
+        """Log in as user/resource and send available presence (closed at teardown)."""
+        client = await self._stack.enter_async_context(
+            connected_client(f"{self.jid(user)}/{resource}", PASSWORD, self.server.c2s_port)
+        )
+        await client.send_presence(show=show, status=status)
+        # The server reflects it once it is the session's presence.
+        await client.wait_for_presence(sent_by(client.jid, "available"))
+        return client
+
+    async def set_contacts(self, user_a: str, user_b: str, subscription: str) -> None:
+        """Privileged roster SETs of each user in the other's roster ("remove" removes)."""
+        a, b = self.jid(user_a), self.jid(user_b)
+        await self.component.set_roster_item_of(a, b, subscription=subscription)
+        await self.component.set_roster_item_of(b, a, subscription=subscription)
+
+    async def request(self, payload: ET.Element) -> ET.Element:
+        """Send the component's iq set to the users' host; its answer, or StanzaError."""
+        xmpp = self.component.xmpp
+        iq = xmpp.make_iq_set(ito=self.server.domain, ifrom=self.component.jid)
+        iq.append(payload)
+        return await _send_iq(iq, timeout=10.0)
+
+
+@pytest.fixture
+async def site(prosody_factory: ServerFactory) -> AsyncIterator[Site]:
+    server = await prosody_factory(delegate_roster=False)
+    for user in USERS:
+        await server.register(user, PASSWORD)
+    async with contextlib.AsyncExitStack() as stack:
+        component = await stack.enter_async_context(
+            connected_component(
+                server.component_jid, server.component_secret, server.component_port
+            )
+        )
+        yield Site(server, component, stack)
+
+
+def assert_empty_result(answer: ET.Element) -> None:
+    assert answer.get("type") == "result"
+    assert len(answer) == 0
+
+
+async def test_namespace_is_advertised_on_the_host(site: Site) -> None:
+    """The host's disco#info lists the module's namespace as a feature."""
+    xmpp = site.component.xmpp
+    iq = xmpp.make_iq_get(queryxmlns=DISCO_INFO, ito=site.server.domain, ifrom=site.component.jid)
+    answer = await _send_iq(iq, timeout=10.0)
+    features = {f.get("var") for f in answer.iter(f"{{{DISCO_INFO}}}feature")}
+    assert NS in features
+
+
+async def test_added_contacts_exchange_presence(site: Site) -> None:
+    """After a privileged SET, the update makes each side see every resource of the other."""
+    phone = await site.online("alice", "phone", "away", "On the phone")
+    laptop = await site.online("alice", "laptop", "dnd", "Writing")
+    bob = await site.online("bob", "desk", status="Hi")
+    alice_jid, bob_jid = site.jid("alice"), site.jid("bob")
+
+    await site.set_contacts("alice", "bob", "both")
+    await settle(phone, laptop, bob)
+    # What the module is for: Prosody itself exchanges no presence on a privileged SET.
+    assert not presences_from(bob, alice_jid)
+    assert not presences_from(phone, bob_jid)
+
+    assert_empty_result(await site.request(update("alice", added=[bob_jid])))
+    # Alice's sessions' presences go to bob as they are...
+    seen_by_bob = {}
+    for session in (phone, laptop):
+        received = await bob.wait_for_presence(sent_by(session.jid))
+        assert received.type == "available"
+        seen_by_bob[session.jid] = (received.show, received.status)
+    assert seen_by_bob == {phone.jid: ("away", "On the phone"), laptop.jid: ("dnd", "Writing")}
+    # ...and the probe brings bob's presence to both of alice's resources.
+    for session in (phone, laptop):
+        received = await session.wait_for_presence(sent_by(bob.jid))
+        assert (received.type, received.show, received.status) == ("available", None, "Hi")
+
+    log = "Presence update for alice@example.test: 1 added, 0 removed; sent for 2 session(s)"
+    assert log in site.server.log_text()
+
+    # The component sends the other side's update too: the same presences again.
+    await start_afresh(phone, laptop, bob)
+    assert_empty_result(await site.request(update("bob", added=[alice_jid])))
+    await phone.wait_for_presence(sent_by(bob.jid, "available"))
+    await bob.wait_for_presence(sent_by(laptop.jid, "available"))
+
+
+async def test_removed_contacts_see_each_other_go_offline(site: Site) -> None:
+    """After a privileged remove, the update shows each side the other as unavailable."""
+    await site.set_contacts("alice", "bob", "both")
+    phone = await site.online("alice", "phone")
+    laptop = await site.online("alice", "laptop")
+    bob = await site.online("bob", "desk")
+    alice_jid, bob_jid = site.jid("alice"), site.jid("bob")
+    # Contacts before login: Prosody's own probes and broadcasts.
+    await bob.wait_for_presence(sent_by(laptop.jid, "available"))
+    await phone.wait_for_presence(sent_by(bob.jid, "available"))
+    await start_afresh(phone, laptop, bob)
+
+    await site.set_contacts("alice", "bob", "remove")
+    await settle(phone, laptop, bob)
+    # Prosody sends nothing on a privileged remove either: each still sees the other online.
+    assert not presences_from(bob, alice_jid)
+    assert not presences_from(phone, bob_jid)
+
+    assert_empty_result(await site.request(update("alice", removed=[bob_jid])))
+    for session in (phone, laptop):
+        await bob.wait_for_presence(sent_by(session.jid))
+        await session.wait_for_presence(sent_by(bob.jid))
+    assert {p.type for p in presences_from(bob, alice_jid)} == {"unavailable"}
+    assert {p.type for p in presences_from(phone, bob_jid)} == {"unavailable"}
+
+    assert_empty_result(await site.request(update("bob", removed=[alice_jid])))
+    await settle(phone, laptop, bob)
+    assert {p.type for p in presences_from(bob, alice_jid)} == {"unavailable"}
+    assert {p.type for p in presences_from(laptop, bob_jid)} == {"unavailable"}
+
+
+async def test_remote_contacts_do_not_break_the_update(site: Site) -> None:
+    """Remote JIDs (s2s is off here) are handled; a removed one is shown unavailable."""
+    await site.set_contacts("alice", "bob", "both")
+    alice = await site.online("alice", "phone")
+    bob = await site.online("bob", "desk")
+    gone = "someone@remote.invalid"
+    request = update(
+        "alice", added=["new@remote.invalid", site.jid("bob")], removed=[gone, "remote.invalid"]
+    )
+    assert_empty_result(await site.request(request))
+    # The local contact in the same request is served, and alice sees the removed ones leave.
+    await bob.wait_for_presence(sent_by(alice.jid, "available"))
+    for remote in (gone, "remote.invalid"):
+        await alice.wait_for_presence(sent_by(remote, "unavailable"))
+
+
+async def test_only_the_component_may_ask(site: Site) -> None:
+    """A user sending the request gets forbidden, and nothing is sent to anyone."""
+    alice = await site.online("alice", "phone")
+    bob = await site.online("bob", "desk")
+    carol = await site.online("carol", "home")
+    with pytest.raises(StanzaError) as refused:
+        await bob.send_iq("set", site.server.domain, update("alice", added=[site.jid("carol")]))
+    assert (refused.value.condition, refused.value.error_type) == ("forbidden", "auth")
+    await settle(alice, bob, carol)
+    assert not presences_from(carol, site.jid("alice"))
+    assert not presences_from(alice, site.jid("carol"))
+
+
+async def test_offline_user_gets_a_result_and_nothing_is_sent(site: Site) -> None:
+    """For a user without available sessions the answer is a result and no presence goes out."""
+    await site.set_contacts("alice", "bob", "both")
+    bob = await site.online("bob", "desk")
+    await start_afresh(bob)  # bob's login probe found alice offline
+    request = update("alice", added=[site.jid("bob")], removed=[site.jid("bob")])
+    assert_empty_result(await site.request(request))
+    await settle(bob)
+    assert not presences_from(bob, site.jid("alice"))
+
+
+def malformed_requests(domain: str) -> dict[str, ET.Element]:
+    """Requests that must be refused whole; each starts with a valid change for bob."""
+    bob = f"bob@{domain}"
+    requests = {
+        "no user": update(None, added=[bob]),
+        "empty user": update("", added=[bob]),
+        "user given as a JID": update(f"alice@{domain}", added=[bob]),
+    }
+    for name, attrs, namespace in [
+        ("contact without jid", {}, NS),
+        ("full JID", {"jid": f"{bob}/desk"}, NS),
+        ("invalid JID", {"jid": f"bob@@{domain}"}, NS),
+        ("the user themself", {"jid": f"alice@{domain}"}, NS),
+        ("unknown change", {"jid": bob}, "urn:example:other"),
+    ]:
+        request = update("alice", added=[bob])
+        ET.SubElement(request, f"{{{namespace}}}added", attrs)
+        requests[name] = request
+    requests["unknown element"] = update("alice", added=[bob])
+    ET.SubElement(requests["unknown element"], f"{{{NS}}}blocked", {"jid": bob})
+    return requests
+
+
+async def test_malformed_requests_are_refused_whole(site: Site) -> None:
+    """Malformed requests get bad-request, and none of their valid changes are carried out."""
+    alice = await site.online("alice", "phone")
+    bob = await site.online("bob", "desk")
+    await site.set_contacts("alice", "bob", "both")
+    for name, request in malformed_requests(site.server.domain).items():
+        with pytest.raises(StanzaError) as refused:
+            await site.request(request)
+        assert (refused.value.condition, refused.value.error_type) == ("bad-request", "modify"), (
+            name
+        )
+    await settle(alice, bob)
+    assert not presences_from(bob, site.jid("alice"))
