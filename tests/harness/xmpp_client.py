@@ -450,6 +450,18 @@ class TestComponent:
     def jid(self) -> str:
         return str(self.xmpp.boundjid.bare)
 
+    async def send_iq(
+        self,
+        iq_type: Literal["get", "set"],
+        to: str,
+        payload: ET.Element,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> ET.Element:
+        """Any IQ from the component with ``payload``; the result's XML, or StanzaError."""
+        iq = self.xmpp.make_iq(ito=to, ifrom=self.jid, itype=iq_type)
+        iq.append(payload)
+        return await _send_iq(iq, timeout)
+
     async def get_roster_of(self, user_bare_jid: str, timeout: float = DEFAULT_TIMEOUT) -> Roster:
         """Privileged roster GET: what the server has stored for the user."""
         iq = self.xmpp.make_iq_get(queryxmlns=NS_ROSTER, ito=user_bare_jid, ifrom=self.jid)

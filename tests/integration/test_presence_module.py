@@ -13,7 +13,6 @@ import pytest
 
 from tests.harness.xmpp_client import (
     StanzaError,
-    _send_iq,
     connected_client,
     connected_component,
 )
@@ -106,10 +105,7 @@ class Site:
 
     async def request(self, payload: ET.Element) -> ET.Element:
         """Send the component's iq set to the users' host; its answer, or StanzaError."""
-        xmpp = self.component.xmpp
-        iq = xmpp.make_iq_set(ito=self.server.domain, ifrom=self.component.jid)
-        iq.append(payload)
-        return await _send_iq(iq, timeout=10.0)
+        return await self.component.send_iq("set", self.server.domain, payload)
 
 
 @pytest.fixture
@@ -133,9 +129,8 @@ def assert_empty_result(answer: ET.Element) -> None:
 
 async def test_namespace_is_advertised_on_the_host(site: Site) -> None:
     """The host's disco#info lists the module's namespace as a feature."""
-    xmpp = site.component.xmpp
-    iq = xmpp.make_iq_get(queryxmlns=DISCO_INFO, ito=site.server.domain, ifrom=site.component.jid)
-    answer = await _send_iq(iq, timeout=10.0)
+    query = ET.Element(f"{{{DISCO_INFO}}}query")
+    answer = await site.component.send_iq("get", site.server.domain, query)
     features = {f.get("var") for f in answer.iter(f"{{{DISCO_INFO}}}feature")}
     assert NS in features
 
