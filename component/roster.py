@@ -16,6 +16,7 @@ __all__ = [
     "Roster",
     "RosterDiff",
     "RosterFormatError",
+    "StoredRoster",
     "diff",
     "parse_webapp_roster",
 ]
@@ -33,6 +34,16 @@ class Contact:
 
 
 Roster = Mapping[str, Contact]  # keyed by Contact.jid
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRoster:
+    """A user's roster as the server stores it, with what a roster query does not show."""
+
+    contacts: Roster
+    # JIDs whose subscription requests to the user await an answer. The web app owns every
+    # subscription, so any of these is drift; servers re-offer them to the user at each login.
+    pending_in: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,27 @@ def presence_update(username: str, added: Iterable[str], removed: Iterable[str])
     return update
 
 
+def pending_request(username: str, jids: Iterable[str] = ()) -> ET.Element:
+    """Read (no ``jids``, in a GET) or clear (in a SET) a user's pending inbound requests.
+
+    Also answered by mod_roster_admin_presence: a roster query does not show them.
+    """
+    pending = ET.Element(_q(PRESENCE_UPDATE_NS, "pending"), {"user": username})
+    for jid in sorted(jids):
+        ET.SubElement(pending, _q(PRESENCE_UPDATE_NS, "item"), {"jid": jid})
+    return pending
+
+
+def parse_pending(result: ET.Element) -> frozenset[str]:
+    """The JIDs in the answer to a pending_request GET."""
+    pending = result.find(_q(PRESENCE_UPDATE_NS, "pending"))
+    if pending is None:
+        return frozenset()
+    return frozenset(
+        jid for item in pending.iter(_q(PRESENCE_UPDATE_NS, "item")) if (jid := item.get("jid"))
+    )
+
+
 def parse_roster_query(query: ET.Element | None) -> dict[str, Contact]:
     """The contacts in a server's roster result, keyed by JID, as the server stores them."""
     contacts: dict[str, Contact] = {}

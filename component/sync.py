@@ -67,6 +67,7 @@ class _Applied:
     upserts: list[Contact] = field(default_factory=list)
     removals: list[str] = field(default_factory=list)
     rejected: set[str] = field(default_factory=set)
+    cleared: list[str] = field(default_factory=list)  # pending inbound requests dropped
 
     def diff(self) -> RosterDiff:
         return RosterDiff(tuple(self.upserts), tuple(self.removals))
@@ -132,7 +133,7 @@ class Syncer:
 
     async def current_roster(self, username: str) -> Roster:
         """The roster the server holds for the user now. Raises StoreError."""
-        return await self._store.read(self.user_jid(username))
+        return (await self._store.read(self.user_jid(username))).contacts
 
     async def _sync(
         self, username: str, *, max_age: float | None, repair: bool = False
@@ -189,8 +190,13 @@ class Syncer:
         applied = _Applied()
         current: Roster = {}
         try:
-            current = await self._store.read(user)
+            stored = await self._store.read(user)
+            current = stored.contacts
             await self._apply(user, diff(current, parsed.roster), applied)
+            if stored.pending_in:
+                # The web app decides every subscription: no request is left waiting.
+                await self._store.clear_pending(user, sorted(stored.pending_in))
+                applied.cleared.extend(sorted(stored.pending_in))
         except StoreError as exc:
             metrics.SYNCS.labels(result="store_failed").inc()
             if exc.condition == "service-unavailable":
@@ -205,8 +211,8 @@ class Syncer:
                 if self._on_change is not None:
                     self._on_change(user, applied.diff())
                 await self._announce(user, current, applied)
-                if repair:
-                    _log_repair(bound, current, applied)
+            if repair and (applied.upserts or applied.removals or applied.cleared):
+                _log_repair(bound, current, applied)
         metrics.SYNCS.labels(result="ok").inc()
         metrics.ITEMS_WRITTEN.inc(len(applied.upserts))
         metrics.ITEMS_REMOVED.inc(len(applied.removals))
@@ -215,12 +221,13 @@ class Syncer:
             contacts=len(parsed.roster),
             upserts=len(applied.upserts),
             removals=len(applied.removals),
+            cleared=len(applied.cleared),
             rejected=len(applied.rejected),
             warnings=len(parsed.warnings),
             duration_ms=round((time.perf_counter() - began) * 1000, 1),
         )
-        stored = {jid: c for jid, c in parsed.roster.items() if jid not in applied.rejected}
-        return SyncResult(username, ok=True, roster=stored)
+        now = {jid: c for jid, c in parsed.roster.items() if jid not in applied.rejected}
+        return SyncResult(username, ok=True, roster=now)
 
     async def _announce(self, user: str, before: Roster, applied: _Applied) -> None:
         """Live presence for contacts whose presence relationship began or ended."""
@@ -284,4 +291,5 @@ def _log_repair(bound: BoundLogger, before: Roster, applied: _Applied) -> None:
     items += [
         {"jid": jid, "was": _describe(before.get(jid)), "now": None} for jid in applied.removals
     ]
+    items += [{"jid": jid, "was": "pending request", "now": None} for jid in applied.cleared]
     bound.warning("roster.repaired", items=items)

@@ -5,28 +5,36 @@ from __future__ import annotations
 from xml.etree import ElementTree as ET
 
 import pytest
+from structlog.testing import capture_logs
 
 from component import stanzas
 from component.errors import StoreError
-from component.roster import Contact
+from component.roster import Contact, StoredRoster
 from component.store import IqType, PrivilegedRosterStore
 
 ALICE = "alice@example.test"
 
 
 class RecordingSender:
-    """Stands in for the XMPP link: records IQs, answers with a canned result or error."""
+    """Stands in for the XMPP link: records IQs, answers with a canned result or error.
+
+    Requests to the host (the presence module's) have their own answer.
+    """
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, ET.Element]] = []
         self.result = ET.Element("iq", {"type": "result"})
+        self.host_result = ET.Element("iq", {"type": "result"})
         self.error: StoreError | None = None
+        self.host_error: StoreError | None = None
 
     async def send_iq(self, to: str, iq_type: IqType, payload: ET.Element) -> ET.Element:
         self.sent.append((to, iq_type, payload))
-        if self.error is not None:
-            raise self.error
-        return self.result
+        to_host = "@" not in to
+        error = self.host_error if to_host else self.error
+        if error is not None:
+            raise error
+        return self.host_result if to_host else self.result
 
 
 @pytest.fixture(name="sender")
@@ -44,9 +52,50 @@ async def test_read_is_a_roster_get_to_the_users_bare_jid(
 ) -> None:
     """Reading sends an empty roster query and parses the server's items."""
     sender.result.append(stanzas.roster_query({"bob@x": Contact("bob@x", "Bob")}))
-    assert await store.read(ALICE) == {"bob@x": Contact("bob@x", "Bob")}
-    [(to, iq_type, payload)] = sender.sent
+    assert await store.read(ALICE) == StoredRoster({"bob@x": Contact("bob@x", "Bob")})
+    (to, iq_type, payload) = sender.sent[0]
     assert (to, iq_type, len(payload)) == (ALICE, "get", 0)
+
+
+async def test_read_asks_the_host_for_pending_requests(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """Pending inbound requests, which a roster query does not show, come from the module."""
+    sender.host_result.append(stanzas.pending_request("alice", ["eve@y", "mallory@z"]))
+    assert (await store.read(ALICE)).pending_in == {"eve@y", "mallory@z"}
+    (to, iq_type, payload) = sender.sent[1]
+    assert (to, iq_type, payload.get("user"), len(payload)) == ("example.test", "get", "alice", 0)
+
+
+async def test_a_missing_module_is_said_once_and_reads_go_on(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """Without the presence module, rosters still sync; the operator is told once what to load."""
+    sender.host_error = StoreError("no", "service-unavailable")
+    with capture_logs() as logs:
+        assert (await store.read(ALICE)).pending_in == frozenset()
+        assert (await store.read(ALICE)).pending_in == frozenset()
+    [missing] = [e for e in logs if e["event"] == "store.presence_module_missing"]
+    assert "mod_roster_admin_presence" in missing["hint"]
+
+
+async def test_other_pending_read_errors_fail_the_read(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """A timeout or refusal reading pending requests is a store failure like any other."""
+    sender.host_error = StoreError("slow", "remote-server-timeout")
+    with pytest.raises(StoreError):
+        await store.read(ALICE)
+
+
+async def test_clear_pending_names_the_requests_to_drop(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """Clearing is one set to the host listing exactly the JIDs to drop."""
+    await store.clear_pending(ALICE, ["mallory@z", "eve@y"])
+    [(to, iq_type, payload)] = sender.sent
+    assert (to, iq_type, payload.get("user")) == ("example.test", "set", "alice")
+    assert [item.get("jid") for item in payload] == ["eve@y", "mallory@z"]
 
 
 async def test_write_sends_exactly_one_item(

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from component.errors import StoreError
-from component.roster import Contact, ParsedRoster, Roster, RosterDiff
+from component.roster import Contact, ParsedRoster, Roster, RosterDiff, StoredRoster
 from component.sync import Syncer
 from component.webapp import FetchError
 
@@ -30,10 +30,14 @@ class MemoryStore:
         # (user, added, removed) for each presence announcement; fails when set.
         self.announced: list[tuple[str, list[str], list[str]]] = []
         self.announce_error: StoreError | None = None
+        self.pending: dict[str, frozenset[str]] = {}  # user -> pending inbound requests
 
-    async def read(self, user: str) -> dict[str, Contact]:
+    async def read(self, user: str) -> StoredRoster:
         await asyncio.sleep(0)
-        return dict(self.rosters.get(user, {}))
+        return StoredRoster(dict(self.rosters.get(user, {})), self.pending.get(user, frozenset()))
+
+    async def clear_pending(self, user: str, jids: Sequence[str]) -> None:
+        self.pending[user] = self.pending.get(user, frozenset()) - set(jids)
 
     async def write(self, user: str, contact: Contact) -> None:
         if self.fail_writes_after is not None and self.writes >= self.fail_writes_after:
@@ -372,6 +376,7 @@ async def test_reconcile_logs_each_repaired_item(syncer: Syncer, store: MemorySt
         CAROL: Contact(CAROL, "Carol"),
         "mallory@example.test": Contact("mallory@example.test", subscription="none", ask=True),
     }
+    store.pending[ALICE] = frozenset({"eve@remote.test"})
     with capture_logs() as logs:
         assert (await syncer.reconcile("alice")).ok
         assert (await syncer.reconcile("alice")).ok
@@ -388,7 +393,9 @@ async def test_reconcile_logs_each_repaired_item(syncer: Syncer, store: MemorySt
             "was": {"subscription": "none", "ask": True, "name": None, "groups": []},
             "now": None,
         },
+        {"jid": "eve@remote.test", "was": "pending request", "now": None},
     ]
+    assert store.pending[ALICE] == frozenset()
 
 
 async def test_refreshes_are_not_reported_as_repairs(syncer: Syncer) -> None:
@@ -396,3 +403,14 @@ async def test_refreshes_are_not_reported_as_repairs(syncer: Syncer) -> None:
     with capture_logs() as logs:
         await syncer.refresh("alice")
     assert not [e for e in logs if e["event"] == "roster.repaired"]
+
+
+async def test_pending_requests_are_cleared_at_every_sync(
+    syncer: Syncer, store: MemoryStore, changes: list[tuple[str, RosterDiff]]
+) -> None:
+    """Pending inbound requests are dropped even when no item changes; nothing is pushed."""
+    await syncer.refresh("alice")
+    store.pending[ALICE] = frozenset({"eve@remote.test", BOB})
+    assert (await syncer.refresh("alice")).ok
+    assert store.pending[ALICE] == frozenset()
+    assert len(changes) == 1
