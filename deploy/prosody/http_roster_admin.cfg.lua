@@ -33,12 +33,14 @@ VirtualHost "example.org"
     modules_enabled = {
         "privilege";  -- XEP-0356: the component reads/writes rosters, sees presence
         "delegation"; -- XEP-0355: users' roster requests are answered by the component
-        "firewall";   -- refuses users' subscription stanzas (and, non-delegated, roster SETs)
+        "firewall";   -- blocks subscription stanzas (and, non-delegated, users' roster SETs)
         -- mod_roster_admin_presence.lua: presence between contacts the component adds/removes
         "roster_admin_presence";
     }
 
-    -- Rules run for stanzas sent by this host's users (::preroute).
+    -- block_subscriptions.pfw: subscription stanzas sent by this host's users, and those
+    -- sent to them from anywhere, other servers included, change no roster.
+    -- block_roster_sets.pfw: users' own roster SETs are refused.
     firewall_scripts = {
         "/etc/prosody/http_roster_admin/block_subscriptions.pfw";
         -- NON-DELEGATED MODE ONLY: uncomment the next line.
@@ -77,5 +79,9 @@ Component "roster.example.org"
 --  * Prosody 13: "prosodyctl check config" reports mod_posix as deprecated when the global
 --    modules_enabled still lists "posix" (Debian 12's default config does). It is an empty
 --    module on 13: harmless, and can be removed after the upgrade.
---  * ::preroute only covers this server's own clients: subscription stanzas from other
---    servers are not blocked; the component puts rosters back to the web app's truth.
+--  * No subscription stanza changes a roster, whoever sends it: users' clients get all four
+--    types refused with not-allowed; from anyone else (other servers included) a subscribe
+--    is refused and subscribed/unsubscribe/unsubscribed are dropped (block_subscriptions.pfw
+--    says why). A contact on another server keeps the subscription its own server recorded:
+--    it receives our users' presence (their rosters here say "both"), but sends its own
+--    only if its server's roster lets it.

@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Self
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from types import TracebackType
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy" / "prosody"
+#: Test-only Prosody modules (never shipped).
+TEST_MODULES_DIR = Path(__file__).resolve().parent / "prosody_modules"
 SERVERS_DIR = REPO_ROOT / ".servers"
 
 BUILD_NAMES = ("0.12", "13")
@@ -44,6 +47,27 @@ STOP_TIMEOUT = 5.0
 _POLL_INTERVAL = 0.02
 _PORT_ATTEMPTS = 3
 _PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class StoredRoster:
+    """A user's roster as Prosody stores it, including what roster GETs do not show."""
+
+    subscriptions: dict[str, str]  # contact -> "none" | "to" | "from" | "both"
+    asking: frozenset[str]  # contacts with a pending outgoing request (ask="subscribe")
+    pending_in: frozenset[str]  # JIDs whose subscription requests await the user's answer
+
+
+#: Prints a roster data file (argument 1) as tab-separated lines.
+_DUMP_ROSTER_LUA = """\
+for jid, item in pairs(dofile(arg[1])) do
+    if jid then
+        print("item", jid, item.subscription or "none", item.ask or "")
+    else -- roster[false]: the roster's own data
+        for requester in pairs(item.pending or {}) do print("pending", requester) end
+    end
+end
+"""
 
 
 class ProsodyError(RuntimeError):
@@ -170,6 +194,15 @@ def _lua_str(value: str | Path) -> str:
     return f'"{escaped}"'
 
 
+def _storage_name(name: str) -> str:
+    """A file or folder name as Prosody's internal storage writes it (bytes other than ASCII
+    letters and digits as %xx)."""
+    return "".join(
+        chr(byte) if chr(byte).isascii() and chr(byte).isalnum() else f"%{byte:02x}"
+        for byte in name.encode()
+    )
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct TCP ports that are free on 127.0.0.1 right now."""
     with contextlib.ExitStack() as stack:
@@ -200,6 +233,9 @@ class ProsodyServer:
         component_jid: str = "roster.example.test",
         component_secret: str = "test-component-secret",  # noqa: S107 - test-only
         delegate_roster: bool = True,
+        s2s: bool = False,
+        shipped_config: bool = True,
+        test_modules: Sequence[str] = (),
     ) -> None:
         self.build = build
         self.workdir = workdir
@@ -207,7 +243,13 @@ class ProsodyServer:
         self.component_jid = component_jid
         self.component_secret = component_secret
         self.delegate_roster = delegate_roster
-        self.c2s_port, self.component_port = free_ports(2)
+        self.s2s = s2s
+        # False: a plain server with none of our snippet, standing in for somebody else's.
+        self.shipped_config = shipped_config
+        # Test-only modules from TEST_MODULES_DIR to load besides those the options imply.
+        self.test_modules = list(test_modules)
+        self._pick_ports()
+        self.s2s_routes_path = workdir / "s2s_routes.txt"
         self.config_path = workdir / "prosody.cfg.lua"
         self.deploy_config_path = workdir / DEPLOY_CONFIG
         self.data_dir = workdir / "data"
@@ -221,8 +263,24 @@ class ProsodyServer:
     def __repr__(self) -> str:
         return (
             f"<ProsodyServer {self.build.id} {self.domain} c2s={self.c2s_port} "
-            f"component={self.component_port} delegate_roster={self.delegate_roster}>"
+            f"component={self.component_port} s2s={self.s2s_port} "
+            f"delegate_roster={self.delegate_roster}>"
         )
+
+    def _pick_ports(self) -> None:
+        ports = free_ports(3 if self.s2s else 2)
+        self.c2s_port, self.component_port = ports[:2]
+        self.s2s_port = ports[2] if self.s2s else None
+
+    def federate_with(self, other: ProsodyServer) -> None:
+        """Let this server and `other` reach each other over loopback s2s (both directions:
+        dialback verifies a stream by connecting back to the sending domain)."""
+        for server, peer in ((self, other), (other, self)):
+            if server.s2s_port is None:
+                raise ProsodyError(f"{server!r} was created without s2s=True")
+            server.workdir.mkdir(parents=True, exist_ok=True)
+            with server.s2s_routes_path.open("a") as routes:
+                routes.write(f"{peer.domain} {peer.s2s_port}\n")
 
     @property
     def pid(self) -> int:
@@ -240,7 +298,33 @@ class ProsodyServer:
         modules = ["roster", "saslauth", "disco", "ping"]
         if self.build.name == "0.12":
             modules.append("posix")  # writes the pidfile on 0.12; deprecated (a no-op) on 13
+        test_modules = list(self.test_modules)
+        if self.s2s_port is None:
+            s2s = """\
+s2s_ports = {}
+-- Tests never talk to other servers: no outgoing s2s, even for remote contacts' presence.
+modules_disabled = { "s2s" }"""
+        else:
+            modules.append("dialback")
+            test_modules.append("test_s2s_loopback")
+            s2s = f"""\
+s2s_ports = {{ {self.s2s_port} }}
+s2s_interfaces = {{ "127.0.0.1" }}
+s2s_secure_auth = false
+-- Made-up domains: mod_test_s2s_loopback reaches the servers listed here on loopback.
+test_s2s_routes_file = {_lua_str(self.s2s_routes_path)}"""
+        modules += test_modules
+        # Operators copy the shipped module to /usr/local/lib/prosody/modules, which Debian's
+        # prosody.cfg.lua lists in plugin_paths; tests load it from deploy/prosody instead.
+        paths = "; ".join(_lua_str(path) for path in (DEPLOY_DIR, TEST_MODULES_DIR))
+        plugin_paths = f"plugin_paths = {{ {paths} }}"
         lua_modules = "; ".join(_lua_str(m) for m in modules)
+        if self.shipped_config:
+            shipped = f"""
+-- What an operator installs (deploy/prosody/{DEPLOY_CONFIG}, names substituted):
+Include {_lua_str(self.deploy_config_path)}"""
+        else:
+            shipped = ""
         return f"""\
 -- Generated by tests/harness/prosody.py for one test server ({self.build.id}).
 run_as_root = true
@@ -255,7 +339,6 @@ c2s_interfaces = {{ "127.0.0.1" }}
 component_ports = {{ {self.component_port} }}
 component_interfaces = {{ "127.0.0.1" }}
 c2s_direct_tls_ports = {{}}
-s2s_ports = {{}}
 s2s_direct_tls_ports = {{}}
 http_ports = {{}}
 https_ports = {{}}
@@ -267,17 +350,12 @@ authentication = "internal_plain"
 storage = "internal"
 
 modules_enabled = {{ {lua_modules} }}
--- Operators copy the shipped module to /usr/local/lib/prosody/modules, which Debian's
--- prosody.cfg.lua lists in plugin_paths; tests load it from deploy/prosody instead.
-plugin_paths = {{ {_lua_str(DEPLOY_DIR)} }}
--- Tests never talk to other servers: no outgoing s2s, even for remote contacts' presence.
-modules_disabled = {{ "s2s" }}
+{plugin_paths}
+{s2s}
 
 -- The operator's own host; the shipped snippet below reopens it and adds its options.
 VirtualHost {_lua_str(self.domain)}
-
--- What an operator installs (deploy/prosody/{DEPLOY_CONFIG}, names substituted):
-Include {_lua_str(self.deploy_config_path)}
+{shipped}
 """
 
     def write_config(self) -> None:
@@ -308,7 +386,7 @@ Include {_lua_str(self.deploy_config_path)}
             except _PortBusyError:
                 if self.start_seconds is not None or attempt == _PORT_ATTEMPTS - 1:
                     raise
-                self.c2s_port, self.component_port = free_ports(2)
+                self._pick_ports()
             else:
                 return
 
@@ -330,10 +408,11 @@ Include {_lua_str(self.deploy_config_path)}
         )
         # Prosody logs each listening service once bound (line-buffered): that line, not a
         # connection attempt, proves that the port is ours.
-        wanted = [
-            f"Activated service 'c2s' on [127.0.0.1]:{self.c2s_port}",
-            f"Activated service 'component' on [127.0.0.1]:{self.component_port}",
-        ]
+        wanted = [f"Activated service 'c2s' on [127.0.0.1]:{self.c2s_port}"]
+        if self.shipped_config:  # the component listener comes with the Component host
+            wanted.append(f"Activated service 'component' on [127.0.0.1]:{self.component_port}")
+        if self.s2s_port is not None:
+            wanted.append(f"Activated service 's2s' on [127.0.0.1]:{self.s2s_port}")
         deadline = began + timeout
         while True:
             log_text = self._read_log(log_offset)
@@ -419,6 +498,36 @@ Include {_lua_str(self.deploy_config_path)}
             self.write_config()
         await self.prosodyctl("register", user, self.domain, password)
         return f"{user}@{self.domain}"
+
+    async def stored_roster(self, user: str, timeout: float = 10.0) -> StoredRoster:
+        """What the internal storage holds for `user`@domain's roster (saved at each change).
+
+        Read from the data file with the Lua that runs Prosody: pending inbound requests and
+        "ask" flags never show in roster GETs.
+        """
+        path = self.data_dir / _storage_name(self.domain) / "roster" / f"{_storage_name(user)}.dat"
+        subscriptions: dict[str, str] = {}
+        asking: set[str] = set()
+        pending_in: set[str] = set()
+        if path.exists():
+            process = await asyncio.create_subprocess_exec(
+                "lua5.4", "-", str(path),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(process.communicate(_DUMP_ROSTER_LUA.encode()), timeout)
+            if process.returncode != 0:
+                raise ProsodyError(f"cannot read {path}: {out.decode(errors='replace')}")
+            for line in out.decode().splitlines():
+                kind, contact, *rest = line.split("\t")
+                if kind == "pending":
+                    pending_in.add(contact)
+                else:
+                    subscriptions[contact] = rest[0]
+                    if rest[1]:
+                        asking.add(contact)
+        return StoredRoster(subscriptions, frozenset(asking), frozenset(pending_in))
 
     def log_tail(self, lines: int = 60) -> str:
         """The last lines of the server's console output and log, for failure messages."""

@@ -12,10 +12,12 @@ from tests.harness.prosody import (
     ProsodyBuild,
     ProsodyError,
     ProsodyServer,
+    StoredRoster,
     render_deploy_config,
     require_build,
 )
 from tests.harness.xmpp_client import (
+    SUBSCRIPTION_TYPES,
     StanzaError,
     TestClient,
     TestComponent,
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 PASSWORD = "secret-pw"
 REFUSAL = "Contacts are managed by the web application"
 MODES = pytest.mark.parametrize("delegate_roster", [True, False], ids=["delegated", "plain"])
+#: subscribe last: an unsubscribe sent after it would cancel the pending request it leaves.
+SUBSCRIPTION_KINDS = sorted(SUBSCRIPTION_TYPES, reverse=True)
 
 
 def client(server: ProsodyServer, jid: str) -> AbstractAsyncContextManager[TestClient]:
@@ -116,38 +120,43 @@ async def test_delegated_roster_request_fails_while_component_is_away(
 
 @pytest.mark.integration
 @MODES
-async def test_subscribe_is_refused_and_changes_no_roster(
+async def test_subscription_stanzas_to_a_stranger_are_refused_and_change_no_roster(
     prosody_factory: ServerFactory, delegate_roster: bool
 ) -> None:
-    """A client's subscribe is bounced with not-allowed and neither roster changes."""
+    """Each subscription stanza to a non-contact is bounced with not-allowed; none is stored."""
     server = await prosody_factory(delegate_roster=delegate_roster)
     alice, carol = await users(server, "alice", "carol")
     async with component(server) as comp, client(server, alice) as a, client(server, carol) as c:
         await a.send_presence()
         await c.send_presence()
-        await a.send_subscription(carol, "subscribe")
-        bounced = await a.wait_for_error()
-        assert bounced.kind == "presence"
-        assert bounced.sender == carol
-        assert bounced.error is not None
-        assert (bounced.error.condition, bounced.error.text) == ("not-allowed", REFUSAL)
-        # A marker message sent after the subscribe arrives; the subscribe never did.
+        for kind in SUBSCRIPTION_KINDS:
+            a.errors.clear()
+            await a.send_subscription(carol, kind)
+            bounced = await a.wait_for_error()
+            assert bounced.kind == "presence"
+            assert bounced.sender == carol
+            assert bounced.error is not None
+            assert (bounced.error.condition, bounced.error.text) == ("not-allowed", REFUSAL)
+        # A marker message sent after them arrives; they never did.
         await a.send_message(carol, "after")
         await c.wait_for_message(lambda m: m.body == "after")
-        assert not [p for p in c.presences.items if p.type == "subscribe"]
+        assert not [p for p in c.presences.items if p.type in SUBSCRIPTION_TYPES]
         assert await comp.get_roster_of(alice) == {}
         assert await comp.get_roster_of(carol) == {}
         if not delegate_roster:
             assert await a.get_roster() == {}
         assert not a.pushes.items
+    # Neither a pending request for carol (offered to her at every login) nor an "ask".
+    for user in ("alice", "carol"):
+        assert await server.stored_roster(user) == StoredRoster({}, frozenset(), frozenset())
 
 
 @pytest.mark.integration
 @MODES
-async def test_unsubscribe_is_refused_while_presence_and_messages_pass(
+async def test_subscription_stanzas_to_a_contact_are_refused_while_presence_and_messages_pass(
     prosody_factory: ServerFactory, delegate_roster: bool
 ) -> None:
-    """Un/subscription answers are refused; ordinary presence and messages still flow."""
+    """Subscription stanzas to a contact are refused; ordinary presence and messages flow."""
     server = await prosody_factory(delegate_roster=delegate_roster)
     alice, bob = await users(server, "alice", "bob")
     async with component(server) as comp:
@@ -159,7 +168,7 @@ async def test_unsubscribe_is_refused_while_presence_and_messages_pass(
             await b.send_presence()
             await a.send_presence()
             await b.wait_for_presence(lambda p: p.sender == a.jid and p.type == "available")
-            for kind in ("unsubscribe", "unsubscribed", "subscribed"):
+            for kind in SUBSCRIPTION_KINDS:
                 a.errors.clear()
                 await a.send_subscription(bob, kind)
                 bounced = await a.wait_for_error()
@@ -167,13 +176,41 @@ async def test_unsubscribe_is_refused_while_presence_and_messages_pass(
                 assert bounced.error.condition == "not-allowed"
             await a.send_message(bob, "still friends")
             await b.wait_for_message(lambda m: m.body == "still friends" and m.sender == a.jid)
-            assert not [p for p in b.presences.items if p.type in {"unsubscribe", "unsubscribed"}]
+            assert not [p for p in b.presences.items if p.type in SUBSCRIPTION_TYPES]
             await a.send_presence(presence_type="unavailable")
             await b.wait_for_presence(lambda p: p.sender == a.jid and p.type == "unavailable")
         assert {
             alice: await comp.get_roster_of(alice),
             bob: await comp.get_roster_of(bob),
         } == before
+    for user, contact in (("alice", bob), ("bob", alice)):
+        stored = StoredRoster({contact: "both"}, frozenset(), frozenset())
+        assert await server.stored_roster(user) == stored
+
+
+@pytest.mark.integration
+async def test_contact_on_one_side_only_gets_no_error_at_login(
+    prosody_no_delegation: ProsodyServer,
+) -> None:
+    """Prosody's own "unsubscribed" answer to a one-sided contact's probe is dropped silently."""
+    server = prosody_no_delegation
+    alice, bob = await users(server, "alice", "bob")
+    async with component(server) as comp:
+        await comp.set_roster_item_of(alice, bob, "Bob")  # bob's roster does not list alice
+        async with client(server, bob) as b:
+            await b.send_presence()
+            async with client(server, alice) as a:
+                # Probes bob, who is not subscribed to alice: the server answers in his name.
+                await a.send_presence()
+                await a.send_message(bob, "after")
+                await b.wait_for_message(lambda m: m.body == "after")
+                assert not b.errors.items
+                assert not a.errors.items
+                assert not [p for p in a.presences.items if p.type in SUBSCRIPTION_TYPES]
+        assert await comp.get_roster_of(alice) == {
+            bob: {"name": "Bob", "groups": [], "subscription": "both"}
+        }
+        assert await comp.get_roster_of(bob) == {}
 
 
 @pytest.mark.integration
