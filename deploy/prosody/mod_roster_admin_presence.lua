@@ -1,12 +1,13 @@
--- mod_roster_admin_presence: presence for contacts that the roster component adds or removes.
--- Part of http-roster-admin. Works unchanged on Prosody 0.12 and 13.
+-- mod_roster_admin_presence: presence and pending subscription requests for the roster
+-- component. Part of http-roster-admin. Works unchanged on Prosody 0.12 and 13.
 --
--- The component rewrites users' rosters through privileged roster SETs (XEP-0356). Prosody
--- then stores the item and pushes it, but exchanges no presence: two online users who become
--- contacts do not see each other until one of them sends presence again, and a removed
--- contact stays shown as available. XEP-0356 gives the component no way to send presence on
--- a user's behalf, so after changing rosters it asks this module, with an iq to the users'
--- host:
+-- The component owns every roster of this host and rewrites them through privileged roster
+-- SETs (XEP-0356). Two things that come with rosters are out of its reach, so it asks this
+-- module with iqs to the users' host, in the namespace below.
+--
+-- 1. Presence for contacts it added or removed. Prosody stores and pushes the item but
+-- exchanges no presence: two online users who become contacts do not see each other until
+-- one of them sends presence again, and a removed contact stays shown as available.
 --
 --   <iq type='set' from='roster.example.org' to='example.org' id='…'>
 --     <update xmlns='urn:http-roster-admin:presence:0' user='alice'>
@@ -19,12 +20,40 @@
 --   added C:   the session's current presence goes to C, then a probe from the user's bare
 --              JID makes C's server answer with C's presence (per C's roster);
 --   removed C: unavailable goes to C, and the user's sessions get unavailable from C.
--- An offline user gets nothing. Only the entity allowed to write every roster of this host
--- (privileged_entities, roster = "set" or "both") may ask; it gets an empty result.
+-- An offline user gets nothing. The answer is an empty result.
+--
+-- 2. Pending inbound subscription requests: "X wants to subscribe", kept in the roster's
+-- metadata (roster[false].pending) until the user answers, offered again to each session
+-- that logs in, and never shown in roster GETs. Since the web app decides every
+-- subscription, the component lists them and clears them as drift.
+--
+--   <iq type='get' to='example.org' id='…'>
+--     <pending xmlns='urn:http-roster-admin:presence:0' user='alice'/>
+--   </iq>
+--   answer: <pending xmlns='…' user='alice'><item jid='eve@remote.example'/>…</pending>,
+--           items sorted by JID, none for a user without requests or without an account.
+--
+--   <iq type='set' to='example.org' id='…'>
+--     <pending xmlns='urn:http-roster-admin:presence:0' user='alice'>
+--       <item jid='eve@remote.example'/>
+--     </pending>
+--   </iq>
+--   answer: an empty result, once the listed requests are removed and the roster saved
+--           (listed JIDs that are not pending are ignored; nothing is stored for a user
+--           without an account).
+--
+-- Both go through Prosody's roster manager, so an online user's live roster is the one read
+-- and changed: a session that logs in afterwards is not offered the cleared requests.
+--
+-- Only the entity allowed to write every roster of this host (privileged_entities,
+-- roster = "set" or "both") may ask: others get forbidden. A malformed request (no valid
+-- 'user', an unknown child, an item without a bare JID) gets bad-request and changes nothing.
 
 local jid = require "util.jid";
 local st = require "util.stanza";
 local nodeprep = require "util.encodings".stringprep.nodeprep;
+local rostermanager = require "core.rostermanager";
+local user_exists = require "core.usermanager".user_exists;
 
 local NS = "urn:http-roster-admin:presence:0";
 local ROSTER_WRITE = { set = true, both = true };
@@ -45,21 +74,35 @@ local function is_roster_admin(origin)
 	return type(privileges) == "table" and ROSTER_WRITE[privileges.roster] == true;
 end
 
+-- The request's 'user' as a username of this host, or nil and why it is malformed.
+local function parse_user(request)
+	local username = request.attr.user and nodeprep(request.attr.user);
+	if not username or username == "" then return nil, "missing or invalid 'user'"; end
+	return username;
+end
+
+-- A child's 'jid' as a bare JID, or nil and why it is malformed.
+local function parse_bare_jid(child)
+	local contact = child.attr.jid and jid.prep(child.attr.jid);
+	if not contact or jid.resource(contact) then
+		return nil, "not a bare JID: "..tostring(child.attr.jid);
+	end
+	return contact;
+end
+
 -- The user's bare JID and the requested changes in document order ({ kind, contact }), or
 -- nil and why the request is malformed.
 local function parse_update(update)
-	local username = update.attr.user and nodeprep(update.attr.user);
-	if not username or username == "" then return nil, "missing or invalid 'user'"; end
+	local username, err = parse_user(update);
+	if not username then return nil, err; end
 	local user = username.."@"..module.host;
 	local changes = {};
 	for _, child in ipairs(update.tags) do
 		if child.attr.xmlns ~= NS or (child.name ~= "added" and child.name ~= "removed") then
 			return nil, "unexpected element <"..child.name..">";
 		end
-		local contact = child.attr.jid and jid.prep(child.attr.jid);
-		if not contact or jid.resource(contact) then
-			return nil, "not a bare JID: "..tostring(child.attr.jid);
-		end
+		local contact, jid_err = parse_bare_jid(child);
+		if not contact then return nil, jid_err; end
 		-- Presence "to" one's own bare JID would be taken as a broadcast by mod_presence.
 		if contact == user then return nil, "the user cannot be their own contact"; end
 		changes[#changes + 1] = { kind = child.name, contact = contact };
@@ -122,18 +165,28 @@ local function removed(user, sessions, contact)
 		#sessions, user, contact, #senders);
 end
 
+-- Answers forbidden and returns true unless the request comes from the component.
+local function refused(event, what)
+	local origin, stanza = event.origin, event.stanza;
+	if is_roster_admin(origin) then return false; end
+	module:log("warn", "Refused %s from %s (%s session): not the component",
+		what, tostring(stanza.attr.from), tostring(origin.type));
+	origin.send(st.error_reply(stanza, "auth", "forbidden"));
+	return true;
+end
+
+-- Answers bad-request (why: the parser's reason).
+local function malformed(event, what, why)
+	module:log("warn", "Malformed %s from %s: %s", what, event.stanza.attr.from, why);
+	event.origin.send(st.error_reply(event.stanza, "modify", "bad-request", why));
+end
+
 module:hook("iq-set/host/"..NS..":update", function(event)
 	local origin, stanza = event.origin, event.stanza;
-	if not is_roster_admin(origin) then
-		module:log("warn", "Refused a presence update from %s (%s session): not the component",
-			tostring(stanza.attr.from), tostring(origin.type));
-		origin.send(st.error_reply(stanza, "auth", "forbidden"));
-		return true;
-	end
+	if refused(event, "a presence update") then return true; end
 	local user, changes = parse_update(stanza.tags[1]);
 	if not user then
-		module:log("warn", "Malformed presence update from %s: %s", stanza.attr.from, changes);
-		origin.send(st.error_reply(stanza, "modify", "bad-request", changes));
+		malformed(event, "presence update", changes);
 		return true;
 	end
 	local counts = { added = 0, removed = 0 };
@@ -154,6 +207,106 @@ module:hook("iq-set/host/"..NS..":update", function(event)
 		module:log("info", "Presence update for %s: %d added, %d removed; sent for %d session(s)",
 			user, counts.added, counts.removed, #sessions);
 	end
+	origin.send(st.reply(stanza));
+	return true;
+end);
+
+-- Pending inbound subscription requests.
+
+-- The username and the listed JIDs (in document order), or nil and why the request is
+-- malformed. A get lists nothing.
+local function parse_pending(request, items_allowed)
+	local username, err = parse_user(request);
+	if not username then return nil, err; end
+	local contacts = {};
+	for _, child in ipairs(request.tags) do
+		if not items_allowed or child.attr.xmlns ~= NS or child.name ~= "item" then
+			return nil, "unexpected element <"..child.name..">";
+		end
+		local contact, jid_err = parse_bare_jid(child);
+		if not contact then return nil, jid_err; end
+		contacts[#contacts + 1] = contact;
+	end
+	return username, contacts;
+end
+
+-- The user's roster: for an online user the live one that their sessions use, otherwise the
+-- stored one (through the roster manager's cache). nil for a user without an account, so that
+-- nothing is loaded, cached or saved for them; nil and an error if it cannot be read.
+local function roster_of(username)
+	if not user_exists(username, module.host) then return nil; end
+	local roster, err = rostermanager.load_roster(username, module.host);
+	-- A roster that failed to load stays cached as "broken", without the error.
+	err = err or roster[false].broken;
+	if err then return nil, err; end
+	return roster;
+end
+
+local function cannot_read(event, username, err)
+	module:log("error", "Cannot read the roster of %s@%s: %s", username, module.host,
+		tostring(err));
+	event.origin.send(st.error_reply(event.stanza, "wait", "internal-server-error"));
+	return true;
+end
+
+module:hook("iq-get/host/"..NS..":pending", function(event)
+	local origin, stanza = event.origin, event.stanza;
+	if refused(event, "a pending requests query") then return true; end
+	local username, err = parse_pending(stanza.tags[1], false);
+	if not username then
+		malformed(event, "pending requests query", err);
+		return true;
+	end
+	local roster, load_err = roster_of(username);
+	if load_err then return cannot_read(event, username, load_err); end
+	local requesters = {};
+	for requester in pairs(roster and roster[false].pending or {}) do
+		requesters[#requesters + 1] = requester;
+	end
+	table.sort(requesters);
+	local reply = st.reply(stanza):tag("pending", { xmlns = NS, user = username });
+	for _, requester in ipairs(requesters) do
+		reply:tag("item", { jid = requester }):up();
+	end
+	module:log("debug", "Pending subscription requests to %s@%s: %d%s", username, module.host,
+		#requesters, roster and "" or " (no such user)");
+	origin.send(reply);
+	return true;
+end);
+
+module:hook("iq-set/host/"..NS..":pending", function(event)
+	local origin, stanza = event.origin, event.stanza;
+	if refused(event, "a request to clear pending requests") then return true; end
+	local username, contacts = parse_pending(stanza.tags[1], true);
+	if not username then
+		malformed(event, "request to clear pending requests", contacts);
+		return true;
+	end
+	local roster, load_err = roster_of(username);
+	if load_err then return cannot_read(event, username, load_err); end
+	local cleared = {}; -- { contact, request } of each request removed
+	local pending = roster and roster[false].pending or {};
+	for _, contact in ipairs(contacts) do
+		if pending[contact] ~= nil then
+			cleared[#cleared + 1] = { contact = contact, request = pending[contact] };
+			pending[contact] = nil;
+		end
+	end
+	if #cleared > 0 then
+		-- With a JID, save_roster writes the roster's metadata (which holds the pending
+		-- requests) and that one contact's item, unchanged here.
+		local saved, save_err = rostermanager.save_roster(username, module.host, roster,
+			cleared[1].contact);
+		if not saved then
+			for _, entry in ipairs(cleared) do pending[entry.contact] = entry.request; end
+			module:log("error", "Cannot save the roster of %s@%s: %s", username, module.host,
+				tostring(save_err));
+			origin.send(st.error_reply(stanza, "wait", "internal-server-error"));
+			return true;
+		end
+	end
+	module:log("info", "Cleared %d pending subscription request(s) to %s@%s (%d listed)%s",
+		#cleared, username, module.host, #contacts, roster and "" or "; no such user");
 	origin.send(st.reply(stanza));
 	return true;
 end);

@@ -1,5 +1,6 @@
 """deploy/prosody/mod_roster_admin_presence.lua on real Prosody 0.12 and 13: on the component's
-request, presence flows between users whose rosters it changed."""
+request, presence flows between users whose rosters it changed, and users' pending inbound
+subscription requests are listed and cleared."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 import itertools
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pytest
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from tests.harness.xmpp_client import Received, TestClient, TestComponent
 
     ServerFactory = Callable[..., Awaitable[ProsodyServer]]
+    IqType = Literal["get", "set"]
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +33,7 @@ NS = "urn:http-roster-admin:presence:0"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
 PASSWORD = "pw"
 USERS = ("alice", "bob", "carol")
+EVE = "eve@remote.example"
 _markers = itertools.count()
 
 
@@ -40,6 +43,14 @@ def update(user: str | None, added: Iterable[str] = (), removed: Iterable[str] =
     for kind, jids in (("added", added), ("removed", removed)):
         for jid in jids:
             ET.SubElement(element, f"{{{NS}}}{kind}", {"jid": jid})
+    return element
+
+
+def pending(user: str | None, jids: Iterable[str] = ()) -> ET.Element:
+    """The component's <pending user='…'><item jid='…'/></pending> (get: without items)."""
+    element = ET.Element(f"{{{NS}}}pending", {} if user is None else {"user": user})
+    for jid in jids:
+        ET.SubElement(element, f"{{{NS}}}item", {"jid": jid})
     return element
 
 
@@ -103,9 +114,26 @@ class Site:
         await self.component.set_roster_item_of(a, b, subscription=subscription)
         await self.component.set_roster_item_of(b, a, subscription=subscription)
 
-    async def request(self, payload: ET.Element) -> ET.Element:
-        """Send the component's iq set to the users' host; its answer, or StanzaError."""
-        return await self.component.send_iq("set", self.server.domain, payload)
+    async def request(self, payload: ET.Element, iq_type: IqType = "set") -> ET.Element:
+        """Send the component's iq to the users' host; its answer, or StanzaError."""
+        return await self.component.send_iq(iq_type, self.server.domain, payload)
+
+    async def add_pending_in(self, user: str, *requesters: str) -> None:
+        """Store requests to subscribe to user, as Prosody does when they arrive (in the live
+        roster when user is online), with the server's roster manager."""
+        calls = " ".join(
+            f'assert(rm.set_contact_pending_in("{user}", "{self.server.domain}", "{requester}"));'
+            for requester in requesters
+        )
+        await self.server.shell(f'local rm = require "core.rostermanager"; {calls}')
+
+    async def pending_of(self, user: str) -> list[str]:
+        """The component's get: the JIDs whose requests await user's answer, as listed."""
+        answer = await self.request(pending(user), "get")
+        [listing] = answer
+        assert (listing.tag, listing.get("user")) == (f"{{{NS}}}pending", user)
+        assert all(item.tag == f"{{{NS}}}item" for item in listing)
+        return [item.get("jid", "") for item in listing]
 
 
 @pytest.fixture
@@ -278,3 +306,105 @@ async def test_malformed_requests_are_refused_whole(site: Site) -> None:
         )
     await settle(alice, bob)
     assert not presences_from(bob, site.jid("alice"))
+
+
+async def test_pending_requests_are_cleared_from_an_online_users_live_roster(site: Site) -> None:
+    """The get lists an online user's requests sorted; the set clears the listed ones, and a
+    session logging in afterwards is offered only the others."""
+    await site.online("alice", "phone")
+    await site.add_pending_in("alice", "zed@remote.example", EVE, "remote.example")
+    assert await site.pending_of("alice") == [EVE, "remote.example", "zed@remote.example"]
+    assert site.server.log_text().count("Pending subscription requests to alice@") == 1
+
+    # A JID that is not pending is ignored.
+    assert_empty_result(await site.request(pending("alice", [EVE, "nobody@remote.example"])))
+    remaining = ["remote.example", "zed@remote.example"]
+    assert await site.pending_of("alice") == remaining
+    assert (await site.server.stored_roster("alice")).pending_in == set(remaining)
+    log = "Cleared 1 pending subscription request(s) to alice@example.test (2 listed)"
+    assert log in site.server.log_text()
+
+    # Prosody offers a session the live roster's requests when it sends initial presence.
+    laptop = await site.online("alice", "laptop")
+    for requester in remaining:
+        await laptop.wait_for_presence(sent_by(requester, "subscribe"))
+    await settle(laptop)
+    assert not [p for p in laptop.presences.items if p.sender == EVE]
+
+
+async def test_pending_requests_are_cleared_from_an_offline_users_stored_roster(
+    site: Site,
+) -> None:
+    """For an offline user the stored requests are listed and cleared; at login the user is
+    offered only the others."""
+    await site.add_pending_in("bob", EVE, site.jid("carol"))
+    assert await site.pending_of("bob") == [site.jid("carol"), EVE]
+
+    assert_empty_result(await site.request(pending("bob", [site.jid("carol")])))
+    assert await site.pending_of("bob") == [EVE]
+    assert (await site.server.stored_roster("bob")).pending_in == {EVE}
+
+    bob = await site.online("bob", "desk")
+    await bob.wait_for_presence(sent_by(EVE, "subscribe"))
+    await settle(bob)
+    assert not presences_from(bob, site.jid("carol"))
+
+
+async def test_no_pending_requests_for_a_user_without_any_or_without_account(site: Site) -> None:
+    """Such users get an empty list and a result, and no roster is stored for them."""
+    assert await site.pending_of("carol") == []
+    assert_empty_result(await site.request(pending("carol", [EVE])))
+    assert await site.pending_of("nobody") == []
+    assert_empty_result(await site.request(pending("nobody", [EVE])))
+    assert not list(site.server.data_dir.rglob("nobody*"))
+    log = "Cleared 0 pending subscription request(s) to nobody@example.test (1 listed); no such"
+    assert log in site.server.log_text()
+
+
+async def test_only_the_component_may_see_or_clear_pending_requests(site: Site) -> None:
+    """A user asking for or clearing another user's pending requests gets forbidden."""
+    await site.add_pending_in("alice", EVE)
+    bob = await site.online("bob", "desk")
+    requests: list[tuple[IqType, ET.Element]] = [
+        ("get", pending("alice")),
+        ("set", pending("alice", [EVE])),
+    ]
+    for iq_type, payload in requests:
+        with pytest.raises(StanzaError) as refused:
+            await bob.send_iq(iq_type, site.server.domain, payload)
+        assert (refused.value.condition, refused.value.error_type) == ("forbidden", "auth")
+    assert await site.pending_of("alice") == [EVE]
+
+
+def malformed_pending_requests(domain: str) -> dict[str, tuple[IqType, ET.Element]]:
+    """Gets and sets that must be refused; each set lists EVE, who is pending, first."""
+    requests: dict[str, tuple[IqType, ET.Element]] = {
+        "get without user": ("get", pending(None)),
+        "get with empty user": ("get", pending("")),
+        "get with an item": ("get", pending("alice", [EVE])),
+        "set without user": ("set", pending(None, [EVE])),
+        "set with user given as a JID": ("set", pending(f"alice@{domain}", [EVE])),
+    }
+    for name, tag, attrs in [
+        ("item without jid", f"{{{NS}}}item", {}),
+        ("full JID", f"{{{NS}}}item", {"jid": f"{EVE}/phone"}),
+        ("invalid JID", f"{{{NS}}}item", {"jid": "eve@@remote.example"}),
+        ("item in another namespace", "{urn:example:other}item", {"jid": EVE}),
+        ("unknown element", f"{{{NS}}}request", {"jid": EVE}),
+    ]:
+        request = pending("alice", [EVE])
+        ET.SubElement(request, tag, attrs)
+        requests[name] = ("set", request)
+    return requests
+
+
+async def test_malformed_pending_requests_are_refused_whole(site: Site) -> None:
+    """Malformed gets and sets get bad-request, and nothing is cleared."""
+    await site.add_pending_in("alice", EVE)
+    for name, (iq_type, request) in malformed_pending_requests(site.server.domain).items():
+        with pytest.raises(StanzaError) as refused:
+            await site.request(request, iq_type)
+        assert (refused.value.condition, refused.value.error_type) == ("bad-request", "modify"), (
+            name
+        )
+    assert await site.pending_of("alice") == [EVE]
