@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -12,11 +13,16 @@ from aiohttp import web
 
 from component import __version__
 from component.http_api import HttpApi
+from component.readiness import Readiness
 from component.reconcile import Reconciler
-from component.store import PrivilegedRosterStore
+from component.store.privileged import PrivilegedRosterStore
 from component.sync import Syncer
 from component.webapp import WebAppClient
-from component.xmpp import XmppAdapter
+from component.xmpp.delegation import DelegatedRosters
+from component.xmpp.grants import Grants
+from component.xmpp.link import ComponentLink
+from component.xmpp.presence import OnlineUsers
+from component.xmpp.pushes import RosterPusher
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -29,10 +35,12 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 USER_AGENT = f"http-roster-admin/{__version__}"
+# Seconds that pushes queued at shutdown get to go out before the link closes.
+_PUSH_DRAIN = 2.0
 
 
 class Application:
-    """The running service: XMPP adapter, sync core and HTTP listener on one event loop."""
+    """The running service: XMPP parts, sync core and HTTP listener on one event loop."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -49,24 +57,34 @@ class Application:
             max_bytes=config.webapp.max_bytes,
             user_agent=USER_AGENT,
         )
-        self.xmpp = XmppAdapter(
-            config,
+        self.readiness = Readiness()
+        self.link = ComponentLink(config.component, iq_timeout=config.sync.xmpp_timeout)
+        self.grants = Grants(self.link, config.users.domain)
+        self.online = OnlineUsers(self.link, config.users.domain, self._on_available)
+        self.delegation = DelegatedRosters(
+            self.link,
+            self.grants,
+            self.online,
+            domain=config.users.domain,
             roster_provider=self._roster_for,
-            on_available=self._on_available,
-            on_ready_change=_notify_systemd,
+            max_stanza_bytes=config.server.max_stanza_bytes,
+            expected=config.server.delegate_roster,
         )
+        self.pusher = RosterPusher(self.link, self.grants, self.online, self.delegation)
+        self.store = _roster_store(config, self.link, self.grants)
         self.syncer = Syncer(
             self.webapp,
-            _roster_store(config, self.xmpp),
+            self.store,
             config.users.domain,
             concurrency=config.sync.concurrency,
             max_age=config.sync.max_age,
-            on_change=self.xmpp.push,
+            on_change=self.pusher.push,
         )
         # A quarter of the sync slots at most: refreshes and logins come first.
         self.reconciler = Reconciler(
             self.syncer,
-            self.xmpp,
+            self.online,
+            self.readiness,
             interval=config.sync.reconcile_interval,
             slots=max(1, config.sync.concurrency // 4),
         )
@@ -74,8 +92,24 @@ class Application:
             config.listener,
             domain=config.users.domain,
             refresher=self.syncer,
-            readiness=self.xmpp,
+            readiness=self.readiness,
         )
+        self._require_parts()
+
+    def _link_problem(self) -> str | None:
+        if self.link.connected:
+            return None
+        link = self.config.component
+        return f"not connected to the XMPP server at {link.host}:{link.port}"
+
+    def _require_parts(self) -> None:
+        """What must hold before refreshes and logins can be served; re-checked on changes."""
+        self.readiness.require(self._link_problem)
+        self.readiness.require(self.store.problem)
+        self.readiness.require(self.delegation.problem)
+        self.link.on_state(lambda _: self.readiness.update())
+        self.grants.on_change(self.readiness.update)
+        self.readiness.on_change(_notify_systemd)
 
     @property
     def http_port(self) -> int:
@@ -91,8 +125,8 @@ class Application:
         await self._runner.setup()
         await web.TCPSite(self._runner, listener.host, listener.port).start()
         log.info("http.listening", host=listener.host, port=self.http_port, version=__version__)
-        _sd_notify("STATUS=connecting to the XMPP server")
-        self.xmpp.start()
+        self.readiness.update()
+        self.link.start()
         if self.config.sync.reconcile_interval:
             self._spawn(self.reconciler.run())
 
@@ -109,7 +143,13 @@ class Application:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.xmpp.stop()
+        await self.delegation.stop()
+        # Pushes already queued are cheap and keep clients exact; a stuck link is not waited for.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.pusher.wait_idle(), _PUSH_DRAIN)
+        await self.pusher.stop()
+        await self.link.stop()
+        self.readiness.stop()
         await self.webapp.close()
         log.info("app.stopped")
 
@@ -144,7 +184,7 @@ class Application:
         return await self.syncer.current_roster(username)
 
     def _on_available(self, username: str) -> None:
-        if not self.xmpp.ready or username in self._login_syncs:
+        if not self.readiness.ready or username in self._login_syncs:
             return
         self._login_syncs.add(username)
         task = self._spawn(self.syncer.ensure_fresh(username, background=True))
@@ -157,18 +197,18 @@ class Application:
         return task
 
 
-def _roster_store(config: Config, xmpp: XmppAdapter) -> RosterStore:
+def _roster_store(config: Config, link: ComponentLink, grants: Grants) -> RosterStore:
     """The mechanism that writes rosters into this kind of server."""
     match config.server.kind:
         case "prosody":
-            return PrivilegedRosterStore(xmpp)
+            return PrivilegedRosterStore(link, grants, config.component.jid)
 
 
-def _notify_systemd(ready: bool) -> None:
+def _notify_systemd(ready: bool, reasons: list[str]) -> None:
     if ready:
-        _sd_notify("READY=1\nSTATUS=connected to the XMPP server, roster privileges granted")
+        _sd_notify("READY=1\nSTATUS=ready")
     else:
-        _sd_notify("STATUS=XMPP link down or roster privileges missing; reconnecting")
+        _sd_notify("STATUS=not ready: " + "; ".join(reasons))
 
 
 def _sd_notify(message: str) -> None:

@@ -1,13 +1,68 @@
-"""The errors the service reports to its operator or callers."""
+"""Every error that crosses a module boundary, in one place.
+
+Callers decide by type; the message says what went wrong, for the log or the caller.
+"""
+
+from __future__ import annotations
 
 
 class ConfigError(Exception):
     """The configuration is missing, unreadable or invalid; the message says what to fix."""
 
 
-class StoreError(Exception):
-    """The XMPP server refused or failed to read or write a roster."""
+class BadRequestError(ValueError):
+    """A refresh request is not what the endpoint accepts; the message says why."""
 
-    def __init__(self, message: str, condition: str = "undefined-condition") -> None:
+
+# --- the web app ---------------------------------------------------------------------------
+
+
+class RosterFormatError(ValueError):
+    """The web app's answer is not a roster at all."""
+
+
+class FetchError(Exception):
+    """A roster could not be fetched; the user's roster must stay as it was."""
+
+    def __init__(self, username: str, reason: str) -> None:
+        super().__init__(f"cannot fetch the roster of {username!r}: {reason}")
+        self.username = username
+        self.reason = reason
+
+
+class TransientFetchError(FetchError):
+    """A fetch failure another attempt may not repeat: network trouble, timeout, 5xx."""
+
+
+# --- the server's roster store, in words that do not depend on the server ------------------
+
+
+class StoreError(Exception):
+    """The server refused or failed to read or write a roster."""
+
+
+class ItemRefusedError(StoreError):
+    """The server will not store this one item (e.g. a JID it rejects); it takes others."""
+
+
+class UnknownUserError(StoreError):
+    """The server has no such user."""
+
+
+class StoreUnavailableError(StoreError):
+    """The server cannot be asked now (link or API down, no answer in time); retry later."""
+
+
+# --- the XMPP link (below the store: only stores and the XMPP parts see these) -------------
+
+
+class IqRefusedError(Exception):
+    """An IQ we sent came back as an error; ``condition`` is its RFC 6120 defined condition."""
+
+    def __init__(self, message: str, condition: str) -> None:
         super().__init__(message)
         self.condition = condition
+
+
+class IqUnansweredError(Exception):
+    """An IQ could not be sent (the link is down) or got no answer in time."""

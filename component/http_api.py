@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slixmpp.jid import JID, InvalidJID
 
 from component import metrics
+from component.errors import BadRequestError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -36,11 +37,7 @@ class Readiness(Protocol):
     def ready(self) -> bool: ...
 
     @property
-    def connected(self) -> bool: ...
-
-
-class BadRequestError(ValueError):
-    """The request body is not what the endpoint accepts; the message says why."""
+    def reasons(self) -> list[str]: ...
 
 
 def _json(code: int, status: str, message: str, **extra: object) -> web.Response:
@@ -126,7 +123,7 @@ class HttpApi:
         response = _json(
             503,
             status="error",
-            message="not connected to the XMPP server with roster privileges; retry later",
+            message="not ready: " + "; ".join(self._readiness.reasons) + "; retry later",
         )
         response.headers["Retry-After"] = "5"
         return response
@@ -179,13 +176,12 @@ class HttpApi:
         return _json(502, status="error", message=result.error or "roster update failed")
 
     async def _health(self, _request: web.Request) -> web.Response:
-        ready = self._readiness.ready
+        ready, reasons = self._readiness.ready, self._readiness.reasons
         return _json(
             200 if ready else 503,
             status="ok" if ready else "unavailable",
-            message="ready" if ready else "not connected to the XMPP server with roster privileges",
-            xmpp_connected=self._readiness.connected,
-            privileged=ready,
+            message="ready" if ready else "not ready: " + "; ".join(reasons),
+            reasons=reasons,
         )
 
     async def _metrics(self, _request: web.Request) -> web.Response:

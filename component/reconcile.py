@@ -26,12 +26,14 @@ class Reconcilable(Protocol):
 class OnlineUsers(Protocol):
     """Who is online, as the XMPP link reports it."""
 
-    @property
-    def ready(self) -> bool: ...
-
     def online_users(self) -> list[str]: ...
 
     def is_online(self, username: str) -> bool: ...
+
+
+class Ready(Protocol):
+    @property
+    def ready(self) -> bool: ...
 
 
 class Reconciler:
@@ -41,12 +43,14 @@ class Reconciler:
         self,
         syncer: Reconcilable,
         users: OnlineUsers,
+        readiness: Ready,
         *,
         interval: float,
         slots: int,
     ) -> None:
         self._syncer = syncer
         self._users = users
+        self._readiness = readiness
         self._interval = interval
         self._slots = slots
 
@@ -57,7 +61,7 @@ class Reconciler:
         while True:
             await asyncio.sleep(self._interval)
             began = loop.time()
-            users = sorted(self._users.online_users()) if self._users.ready else []
+            users = sorted(self._users.online_users()) if self._readiness.ready else []
             if users:
                 await self._pass(users)
                 log.info(
@@ -78,7 +82,7 @@ class Reconciler:
                 await asyncio.sleep(max(0.0, began + index * spacing - loop.time()))
                 await slots.acquire()
                 # Gone offline or link lost while we waited: the next login syncs them.
-                if not (self._users.ready and self._users.is_online(username)):
+                if not (self._readiness.ready and self._users.is_online(username)):
                     slots.release()
                     continue
                 task = asyncio.create_task(self._one(username, slots))

@@ -9,13 +9,14 @@ from types import MappingProxyType
 
 from slixmpp.jid import JID
 
+from component.errors import RosterFormatError
+
 __all__ = [
     "MAX_WARNINGS",
     "Contact",
     "ParsedRoster",
     "Roster",
     "RosterDiff",
-    "RosterFormatError",
     "StoredRoster",
     "diff",
     "parse_webapp_roster",
@@ -52,10 +53,6 @@ class ParsedRoster:
 
     roster: Roster
     warnings: tuple[str, ...]  # human-readable, one per skipped/adjusted entry
-
-
-class RosterFormatError(ValueError):
-    """The web app's answer is not a roster at all."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,14 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from component import metrics
-from component.errors import StoreError
+from component.errors import (
+    FetchError,
+    ItemRefusedError,
+    StoreError,
+    StoreUnavailableError,
+    UnknownUserError,
+)
 from component.roster import RosterDiff, diff
-from component.webapp import FetchError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,10 +76,6 @@ class _Applied:
 
     def diff(self) -> RosterDiff:
         return RosterDiff(tuple(self.upserts), tuple(self.removals))
-
-
-# The server refused one item (e.g. a JID it will not store) but would take the others.
-_ITEM_REFUSALS = frozenset({"not-allowed", "bad-request", "jid-malformed", "not-acceptable"})
 
 
 class Syncer:
@@ -199,11 +200,12 @@ class Syncer:
                 applied.cleared.extend(sorted(stored.pending_in))
         except StoreError as exc:
             metrics.SYNCS.labels(result="store_failed").inc()
-            if exc.condition == "service-unavailable":
-                # What Prosody answers for a user it does not know.
+            if isinstance(exc, UnknownUserError):
                 bound.warning("sync.store_failed", error=str(exc), hint="is the user registered?")
+            elif isinstance(exc, StoreUnavailableError):
+                bound.warning("sync.store_failed", error=str(exc))
             else:
-                bound.error("sync.store_failed", error=str(exc), condition=exc.condition)
+                bound.error("sync.store_failed", error=str(exc))
             return SyncResult(username, ok=False, error=f"server store: {exc}")
         finally:
             # What was written is told to clients even when the sync failed half-way.
@@ -243,12 +245,7 @@ class Syncer:
             await self._store.announce(user, added, removed)
         except StoreError as exc:
             # The rosters are right; only presence lags until the users next send theirs.
-            log.warning(
-                "sync.announce_failed",
-                user=user,
-                error=str(exc),
-                hint="is the server's presence module (deploy/) loaded?",
-            )
+            log.warning("sync.announce_failed", user=user, error=str(exc))
 
     async def _apply(self, user: str, changes: RosterDiff, applied: _Applied) -> None:
         for jid in changes.removals:
@@ -257,9 +254,7 @@ class Syncer:
         for contact in changes.upserts:
             try:
                 await self._store.write(user, contact)
-            except StoreError as exc:
-                if exc.condition not in _ITEM_REFUSALS:
-                    raise
+            except ItemRefusedError as exc:
                 log.warning("sync.item_rejected", user=user, contact=contact.jid, error=str(exc))
                 applied.rejected.add(contact.jid)
             else:

@@ -12,9 +12,10 @@ import stamina
 import structlog
 import yarl
 
-from component.roster import ParsedRoster, RosterFormatError, parse_webapp_roster
+from component.errors import FetchError, RosterFormatError, TransientFetchError
+from component.roster import ParsedRoster, parse_webapp_roster
 
-__all__ = ["FetchError", "WebAppClient", "roster_url"]
+__all__ = ["WebAppClient", "roster_url"]
 
 log = structlog.get_logger(__name__)
 
@@ -24,19 +25,6 @@ _WAIT_MAX = 2.0
 _WAIT_JITTER = 0.5
 # On top of attempts * timeout, room for the backoff waits in the overall retry budget.
 _RETRY_SLACK = 5.0
-
-
-class FetchError(Exception):
-    """A roster could not be fetched; the user's roster must stay as it was."""
-
-    def __init__(self, username: str, reason: str) -> None:
-        super().__init__(f"cannot fetch the roster of {username!r}: {reason}")
-        self.username = username
-        self.reason = reason
-
-
-class _TransientError(FetchError):
-    """A failure another attempt may not repeat: network trouble, timeout, 5xx."""
 
 
 def roster_url(template: str, username: str) -> str:
@@ -96,7 +84,7 @@ class WebAppClient:
         url = yarl.URL(roster_url(self._template, username), encoded=True)
         started = time.monotonic()
         async for attempt in stamina.retry_context(
-            on=_TransientError,
+            on=TransientFetchError,
             attempts=self._attempts,
             timeout=self._attempts * self._timeout + _RETRY_SLACK,
             wait_initial=_WAIT_INITIAL,
@@ -137,18 +125,20 @@ class WebAppClient:
             # web app that moved should get its configuration fixed, not silently tolerated.
             async with self._get_session().get(url, allow_redirects=False) as response:
                 if response.status != 200:
-                    error = _TransientError if response.status >= 500 else FetchError
+                    error = TransientFetchError if response.status >= 500 else FetchError
                     raise error(username, f"HTTP {response.status}")
                 body = await self._read_capped(response, username)
         # Before ClientError: aiohttp's own timeout errors are both.
         except TimeoutError:
-            raise _TransientError(username, f"timed out after {self._timeout}s") from None
+            raise TransientFetchError(username, f"timed out after {self._timeout}s") from None
         except aiohttp.ClientConnectorError as exc:
             refused = isinstance(exc.os_error, ConnectionRefusedError)
             reason = "connection refused" if refused else f"cannot connect: {exc.os_error}"
-            raise _TransientError(username, reason) from exc
+            raise TransientFetchError(username, reason) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise _TransientError(username, f"connection broken ({type(exc).__name__})") from exc
+            raise TransientFetchError(
+                username, f"connection broken ({type(exc).__name__})"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise FetchError(username, f"request failed ({type(exc).__name__})") from exc
 

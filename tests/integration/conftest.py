@@ -80,11 +80,7 @@ class System:
         if not wait:
             return self.app
         async with asyncio.timeout(READY_TIMEOUT):
-            await self.app.xmpp.wait_ready()
-        if self.delegated:
-            # Delegation is advertised separately from privileges; wait for both.
-            xmpp = self.app.xmpp
-            await eventually(lambda: "jabber:iq:roster" in xmpp.delegated, READY_TIMEOUT)
+            await self.app.readiness.wait_ready()
         return self.app
 
     async def stop_component(self) -> None:

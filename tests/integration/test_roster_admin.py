@@ -180,13 +180,13 @@ async def test_refresh_gets_503_while_the_xmpp_link_is_down(alice_roster: System
     assert system.app is not None
     await system.server.stop()
     app = system.app
-    await eventually(lambda: not app.xmpp.ready)
+    await eventually(lambda: not app.readiness.ready)
     status, body = await system.refresh(["alice"])
     assert (status, body["status"]) == (503, "error")
     assert system.webapp.requests == []
     await system.server.start()
     async with asyncio.timeout(15):
-        await app.xmpp.wait_ready()
+        await app.readiness.wait_ready()
     status, body = await system.refresh(["alice"])
     assert (status, body["updated"]) == (200, 1)
 
@@ -249,7 +249,7 @@ async def test_wrong_component_secret_is_reported_and_never_ready(system: System
     error = next(e for e in logs if e["event"] == "xmpp.stream_error")
     assert error["condition"] == "not-authorized"
     assert "component.secret" in error["hint"]
-    assert not app.xmpp.ready
+    assert not app.readiness.ready
 
 
 @delegated_only
@@ -286,7 +286,7 @@ async def test_a_roster_too_large_for_the_server_is_refused_not_sent(
             await alice.get_roster()
     assert refused.value.condition == "resource-constraint"
     assert system.app is not None
-    assert system.app.xmpp.ready
+    assert system.app.readiness.ready
     async with system.client("bob") as bob:
         assert await bob.get_roster() == {jid("carol"): item("Carol")}
 

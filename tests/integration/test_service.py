@@ -70,11 +70,10 @@ async def test_service_notifies_systemd_logs_json_and_stops_cleanly(
     events: list[dict[str, Any]] = []
     try:
         async with asyncio.timeout(15):
-            await read_events(process.stdout, events, "xmpp.ready")
-            assert await notifications(notify, until=b"READY=1") == [
-                b"STATUS=connecting to the XMPP server",
-                b"READY=1\nSTATUS=connected to the XMPP server, roster privileges granted",
-            ]
+            await read_events(process.stdout, events, "app.ready")
+            told = await notifications(notify, until=b"READY=1")
+            assert told[0].startswith(b"STATUS=not ready: not connected to the XMPP server")
+            assert told[-1] == b"READY=1\nSTATUS=ready"
         port = next(e["port"] for e in events if e["event"] == "http.listening")
         async with (
             aiohttp.ClientSession() as http,

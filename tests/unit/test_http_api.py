@@ -10,7 +10,8 @@ import pytest
 from aiohttp import web
 
 from component.config import ListenerConfig
-from component.http_api import BadRequestError, HttpApi, parse_usernames
+from component.errors import BadRequestError
+from component.http_api import HttpApi, parse_usernames
 from component.sync import SyncResult
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ class Recorder:
         self.refreshed: list[str] = []
         self.failing: set[str] = set()
         self.ready = True
-        self.connected = True
+        self.reasons: list[str] = []
 
     async def refresh(self, username: str) -> SyncResult:
         await asyncio.sleep(0)
@@ -223,13 +224,17 @@ async def test_single_user_refresh_failure(
 async def test_health_needs_no_token_and_tells_readiness(
     http: aiohttp.ClientSession, base_url: str, recorder: Recorder
 ) -> None:
-    """/healthz is 200 when ready and 503 when not."""
+    """/healthz is 200 when ready and 503 with every reason when not."""
     async with http.get(f"{base_url}/healthz") as resp:
         assert resp.status == 200
-    recorder.ready = recorder.connected = False
+        assert (await resp.json())["reasons"] == []
+    recorder.ready = False
+    recorder.reasons = ["not connected to the XMPP server", "no roster privilege"]
     async with http.get(f"{base_url}/healthz") as resp:
         assert resp.status == 503
-        assert (await resp.json())["xmpp_connected"] is False
+        body = await resp.json()
+    assert body["reasons"] == recorder.reasons
+    assert "no roster privilege" in body["message"]
 
 
 async def test_metrics_are_served_in_prometheus_format(

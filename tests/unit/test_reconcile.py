@@ -60,7 +60,7 @@ async def run_for(reconciler: Reconciler, seconds: float) -> None:
 async def test_each_online_user_is_reconciled_once_per_interval() -> None:
     """After one interval, a pass syncs every online user once, starts spread evenly."""
     syncer, users = RecordingSyncer(), Users("a", "b", "c", "d")
-    await run_for(Reconciler(syncer, users, interval=INTERVAL, slots=2), INTERVAL * 1.9)
+    await run_for(Reconciler(syncer, users, users, interval=INTERVAL, slots=2), INTERVAL * 1.9)
     assert [name for name, _ in syncer.started] == ["a", "b", "c", "d"]
     # Delays only push starts later: the n-th never comes before n quarters of the interval.
     first = syncer.started[0][1]
@@ -71,7 +71,7 @@ async def test_each_online_user_is_reconciled_once_per_interval() -> None:
 async def test_reconciliation_takes_at_most_its_slots() -> None:
     """Slow syncs never run more than `slots` at once."""
     syncer, users = RecordingSyncer(duration=INTERVAL), Users(*"abcdefgh")
-    await run_for(Reconciler(syncer, users, interval=INTERVAL / 4, slots=2), INTERVAL * 2)
+    await run_for(Reconciler(syncer, users, users, interval=INTERVAL / 4, slots=2), INTERVAL * 2)
     assert syncer.peak == 2
     assert len(syncer.started) >= 4
 
@@ -89,7 +89,7 @@ async def test_users_gone_offline_or_a_lost_link_are_skipped() -> None:
             return await super().reconcile(username)
 
     syncer = Leaving()
-    await run_for(Reconciler(syncer, users, interval=INTERVAL / 2, slots=1), INTERVAL * 2)
+    await run_for(Reconciler(syncer, users, users, interval=INTERVAL / 2, slots=1), INTERVAL * 2)
     assert [name for name, _ in syncer.started] == ["a", "b"]
 
 
@@ -97,5 +97,5 @@ async def test_a_failing_sync_does_not_stop_reconciliation() -> None:
     """A bug in one user's sync is logged; the pass and the next ones go on."""
     syncer, users = RecordingSyncer(), Users("a", "b")
     syncer.fail = True
-    await run_for(Reconciler(syncer, users, interval=INTERVAL / 2, slots=1), INTERVAL * 1.9)
+    await run_for(Reconciler(syncer, users, users, interval=INTERVAL / 2, slots=1), INTERVAL * 1.9)
     assert len(syncer.started) >= 4

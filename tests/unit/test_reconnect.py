@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from component.xmpp import reconnect_delay
+from component.xmpp.link import reconnect_delay
 
 
 @pytest.mark.parametrize("cap", [0.1, 1.0, 4.0, 30.0])

@@ -7,7 +7,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from component import stanzas
-from component.xmpp import refusal_for
+from component.xmpp.delegation import refusal_for
 
 DOMAIN = "example.test"
 ROSTER_QUERY = ET.Element(f"{{{stanzas.ROSTER_NS}}}query")

@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import pytest
 
+from component.errors import RosterFormatError
 from component.roster import (
     MAX_WARNINGS,
     Contact,
     ParsedRoster,
     Roster,
     RosterDiff,
-    RosterFormatError,
     diff,
     parse_webapp_roster,
 )

@@ -8,9 +8,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from component import stanzas
-from component.errors import StoreError
+from component.errors import (
+    IqRefusedError,
+    IqUnansweredError,
+    ItemRefusedError,
+    StoreError,
+    StoreUnavailableError,
+    UnknownUserError,
+)
 from component.roster import Contact, StoredRoster
-from component.store import IqType, PrivilegedRosterStore
+from component.store.privileged import IqType, PrivilegedRosterStore
 
 ALICE = "alice@example.test"
 
@@ -25,8 +32,8 @@ class RecordingSender:
         self.sent: list[tuple[str, str, ET.Element]] = []
         self.result = ET.Element("iq", {"type": "result"})
         self.host_result = ET.Element("iq", {"type": "result"})
-        self.error: StoreError | None = None
-        self.host_error: StoreError | None = None
+        self.error: Exception | None = None
+        self.host_error: Exception | None = None
 
     async def send_iq(self, to: str, iq_type: IqType, payload: ET.Element) -> ET.Element:
         self.sent.append((to, iq_type, payload))
@@ -37,14 +44,27 @@ class RecordingSender:
         return self.host_result if to_host else self.result
 
 
+class FakeGrants:
+    """The privileges the server advertised."""
+
+    def __init__(self) -> None:
+        self.privileges = stanzas.Privileges(roster="both")
+        self.privileges_known = True
+
+
+@pytest.fixture(name="grants")
+def fixture_grants() -> FakeGrants:
+    return FakeGrants()
+
+
 @pytest.fixture(name="sender")
 def fixture_sender() -> RecordingSender:
     return RecordingSender()
 
 
 @pytest.fixture(name="store")
-def fixture_store(sender: RecordingSender) -> PrivilegedRosterStore:
-    return PrivilegedRosterStore(sender)
+def fixture_store(sender: RecordingSender, grants: FakeGrants) -> PrivilegedRosterStore:
+    return PrivilegedRosterStore(sender, grants, "roster.example.test")
 
 
 async def test_read_is_a_roster_get_to_the_users_bare_jid(
@@ -71,7 +91,7 @@ async def test_a_missing_module_is_said_once_and_reads_go_on(
     store: PrivilegedRosterStore, sender: RecordingSender
 ) -> None:
     """Without the presence module, rosters still sync; the operator is told once what to load."""
-    sender.host_error = StoreError("no", "service-unavailable")
+    sender.host_error = IqRefusedError("no", "service-unavailable")
     with capture_logs() as logs:
         assert (await store.read(ALICE)).pending_in == frozenset()
         assert (await store.read(ALICE)).pending_in == frozenset()
@@ -83,8 +103,8 @@ async def test_other_pending_read_errors_fail_the_read(
     store: PrivilegedRosterStore, sender: RecordingSender
 ) -> None:
     """A timeout or refusal reading pending requests is a store failure like any other."""
-    sender.host_error = StoreError("slow", "remote-server-timeout")
-    with pytest.raises(StoreError):
+    sender.host_error = IqUnansweredError("slow")
+    with pytest.raises(StoreUnavailableError):
         await store.read(ALICE)
 
 
@@ -114,7 +134,7 @@ async def test_removing_an_item_already_gone_is_fine(
     store: PrivilegedRosterStore, sender: RecordingSender
 ) -> None:
     """item-not-found on removal means the roster already is as wanted."""
-    sender.error = StoreError("gone", "item-not-found")
+    sender.error = IqRefusedError("gone", "item-not-found")
     await store.remove(ALICE, "bob@x")
     (item,) = sender.sent[0][2]
     assert item.attrib == {"jid": "bob@x", "subscription": "remove"}
@@ -124,7 +144,7 @@ async def test_other_removal_errors_are_raised(
     store: PrivilegedRosterStore, sender: RecordingSender
 ) -> None:
     """Any other refusal is a store failure."""
-    sender.error = StoreError("no", "forbidden")
+    sender.error = IqRefusedError("no", "forbidden")
     with pytest.raises(StoreError):
         await store.remove(ALICE, "bob@x")
 
@@ -142,3 +162,37 @@ async def test_announce_asks_the_users_host_for_presence(
         ("added", "bob@example.test"),
         ("removed", "carol@remote.test"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (IqRefusedError("x", "not-allowed"), ItemRefusedError),
+        (IqRefusedError("x", "jid-malformed"), ItemRefusedError),
+        (IqRefusedError("x", "service-unavailable"), UnknownUserError),
+        (IqRefusedError("x", "forbidden"), StoreError),
+        (IqUnansweredError("x"), StoreUnavailableError),
+    ],
+)
+async def test_write_failures_are_told_in_neutral_words(
+    store: PrivilegedRosterStore, sender: RecordingSender, error: Exception, kind: type
+) -> None:
+    """XMPP error conditions become the store's own kinds, which sync understands."""
+    sender.error = error
+    with pytest.raises(StoreError) as raised:
+        await store.write(ALICE, Contact("bob@x"))
+    assert type(raised.value) is kind
+
+
+def test_ready_once_roster_privileges_are_granted(
+    store: PrivilegedRosterStore, grants: FakeGrants
+) -> None:
+    """The store works with roster "both"; before the advertisement or with less, it says why."""
+    assert store.problem() is None
+    grants.privileges = stanzas.Privileges(roster="get")
+    problem = store.problem()
+    assert problem is not None
+    assert 'roster = "both"' in problem
+    assert "roster.example.test" in problem
+    grants.privileges_known = False
+    assert "advertisement" in (store.problem() or "")

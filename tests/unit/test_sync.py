@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING
 import pytest
 from structlog.testing import capture_logs
 
-from component.errors import StoreError
+from component.errors import FetchError, ItemRefusedError, StoreError
 from component.roster import Contact, ParsedRoster, Roster, RosterDiff, StoredRoster
 from component.sync import Syncer
-from component.webapp import FetchError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -26,11 +25,14 @@ class MemoryStore:
         self.rosters: dict[str, dict[str, Contact]] = {}
         self.writes = 0
         self.fail_writes_after: int | None = None
-        self.refused: dict[str, str] = {}  # contact JID -> condition the server answers
+        self.refused: dict[str, StoreError] = {}  # contact JID -> what the server answers
         # (user, added, removed) for each presence announcement; fails when set.
         self.announced: list[tuple[str, list[str], list[str]]] = []
         self.announce_error: StoreError | None = None
         self.pending: dict[str, frozenset[str]] = {}  # user -> pending inbound requests
+
+    def problem(self) -> str | None:
+        return None
 
     async def read(self, user: str) -> StoredRoster:
         await asyncio.sleep(0)
@@ -41,9 +43,9 @@ class MemoryStore:
 
     async def write(self, user: str, contact: Contact) -> None:
         if self.fail_writes_after is not None and self.writes >= self.fail_writes_after:
-            raise StoreError("server said no", "internal-server-error")
+            raise StoreError("server said no")
         if contact.jid in self.refused:
-            raise StoreError("refused", self.refused[contact.jid])
+            raise self.refused[contact.jid]
         self.writes += 1
         self.rosters.setdefault(user, {})[contact.jid] = contact
 
@@ -273,7 +275,7 @@ async def test_a_failed_sync_still_reports_what_it_wrote(
 
 async def test_one_refused_item_does_not_block_the_rest(syncer: Syncer, store: MemoryStore) -> None:
     """An item the server will not store is skipped; the others apply and the sync succeeds."""
-    store.refused["bob@example.test"] = "not-allowed"
+    store.refused["bob@example.test"] = ItemRefusedError("not-allowed")
     result = await syncer.refresh("alice")
     assert result.ok
     assert list(store.rosters["alice@example.test"]) == ["carol@example.test"]
@@ -283,7 +285,7 @@ async def test_one_refused_item_does_not_block_the_rest(syncer: Syncer, store: M
 
 async def test_privilege_errors_are_not_skipped(syncer: Syncer, store: MemoryStore) -> None:
     """A refusal that concerns us, not the item, fails the sync."""
-    store.refused["bob@example.test"] = "forbidden"
+    store.refused["bob@example.test"] = StoreError("forbidden")
     assert not (await syncer.refresh("alice")).ok
 
 
@@ -362,11 +364,11 @@ async def test_a_failed_announcement_does_not_fail_the_sync(
     syncer: Syncer, store: MemoryStore
 ) -> None:
     """The roster is right even if presence could not be sent: the sync is ok, with a warning."""
-    store.announce_error = StoreError("no module", "service-unavailable")
+    store.announce_error = StoreError("no module")
     with capture_logs() as logs:
         assert (await syncer.refresh("alice")).ok
     [warning] = [e for e in logs if e["event"] == "sync.announce_failed"]
-    assert "presence module" in warning["hint"]
+    assert warning["error"] == "no module"
 
 
 async def test_reconcile_logs_each_repaired_item(syncer: Syncer, store: MemoryStore) -> None:

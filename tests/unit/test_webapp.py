@@ -11,8 +11,9 @@ import pytest
 import stamina
 from structlog.testing import capture_logs
 
+from component.errors import FetchError
 from component.roster import Contact
-from component.webapp import FetchError, WebAppClient, roster_url
+from component.webapp import WebAppClient, roster_url
 from tests.harness.webapp import Answer, FakeWebApp
 
 OWNER = "john@example.org"

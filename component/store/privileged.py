@@ -1,0 +1,154 @@
+"""Rosters through XEP-0356 privileged roster IQs (Prosody).
+
+Roster IQs go from our domain to the user's bare JID. What a roster query does not cover
+(pending inbound requests, presence for changed contacts) goes to the shipped Prosody module,
+mod_roster_admin_presence, as IQs to the users' host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import structlog
+
+from component import stanzas
+from component.errors import (
+    IqRefusedError,
+    IqUnansweredError,
+    ItemRefusedError,
+    StoreError,
+    StoreUnavailableError,
+    UnknownUserError,
+)
+from component.roster import StoredRoster
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from xml.etree import ElementTree as ET
+
+    from component.roster import Contact
+
+log = structlog.get_logger(__name__)
+
+IqType = Literal["get", "set"]
+# The server refused one item (e.g. a JID it will not store) but would take the others.
+_ITEM_REFUSALS = frozenset({"not-allowed", "bad-request", "jid-malformed", "not-acceptable"})
+# What a server answers for a request no module of it handles (on a user's JID: no user).
+_NOT_SUPPORTED = frozenset({"service-unavailable", "feature-not-implemented"})
+
+
+class IqSender(Protocol):
+    """Sends an IQ from the component and waits for its result (the XMPP link does this)."""
+
+    async def send_iq(self, to: str, iq_type: IqType, payload: ET.Element) -> ET.Element:
+        """Send and return the result; IqRefusedError on an error, IqUnansweredError else."""
+        ...
+
+
+class Granted(Protocol):
+    """The XEP-0356 privileges the server advertised."""
+
+    privileges: stanzas.Privileges
+    privileges_known: bool
+
+
+class PrivilegedRosterStore:
+    """XEP-0356 roster access, one item per IQ.
+
+    Prosody answers a multi-item set with one result per item, all with the same id, which
+    no IQ tracker can pair up.
+    """
+
+    def __init__(self, sender: IqSender, grants: Granted, component_jid: str) -> None:
+        self._sender = sender
+        self._grants = grants
+        self._component_jid = component_jid
+        # Said once, not at every sync, until the module answers again.
+        self._module_missing = False
+
+    def problem(self) -> str | None:
+        if not self._grants.privileges_known:
+            return "waiting for the server's privilege advertisement (XEP-0356)"
+        granted = self._grants.privileges
+        if granted.can_read_rosters() and granted.can_write_rosters():
+            return None
+        return (
+            f'roster privilege is "{granted.roster}": grant roster = "both" to '
+            f"{self._component_jid} in the server's privileged_entities"
+        )
+
+    async def read(self, user: str) -> StoredRoster:
+        roster, pending = await asyncio.gather(
+            self._iq(user, "get", stanzas.roster_query()), self._read_pending(user)
+        )
+        contacts = stanzas.parse_roster_query(roster.find(f"{{{stanzas.ROSTER_NS}}}query"))
+        return StoredRoster(contacts, pending)
+
+    async def write(self, user: str, contact: Contact) -> None:
+        try:
+            await self._sender.send_iq(user, "set", stanzas.roster_query({contact.jid: contact}))
+        except IqRefusedError as exc:
+            if exc.condition in _ITEM_REFUSALS:
+                raise ItemRefusedError(str(exc)) from None
+            raise _store_error(user, exc) from None
+        except IqUnansweredError as exc:
+            raise StoreUnavailableError(str(exc)) from None
+
+    async def remove(self, user: str, jid: str) -> None:
+        try:
+            await self._sender.send_iq(user, "set", stanzas.roster_removal(jid))
+        except IqRefusedError as exc:
+            if exc.condition != "item-not-found":
+                raise _store_error(user, exc) from None
+        except IqUnansweredError as exc:
+            raise StoreUnavailableError(str(exc)) from None
+
+    async def clear_pending(self, user: str, jids: Sequence[str]) -> None:
+        username, _, domain = user.partition("@")
+        await self._iq(domain, "set", stanzas.pending_request(username, jids))
+
+    async def announce(self, user: str, added: Sequence[str], removed: Sequence[str]) -> None:
+        # XEP-0356 cannot send presence for users: the shipped module does, asked by an IQ.
+        username, _, domain = user.partition("@")
+        await self._iq(domain, "set", stanzas.presence_update(username, added, removed))
+
+    async def _read_pending(self, user: str) -> frozenset[str]:
+        # Pending inbound requests are in no roster query: the shipped module reports them.
+        username, _, domain = user.partition("@")
+        try:
+            result = await self._sender.send_iq(domain, "get", stanzas.pending_request(username))
+        except IqRefusedError as exc:
+            if exc.condition not in _NOT_SUPPORTED:
+                raise _store_error(user, exc) from None
+            if not self._module_missing:
+                self._module_missing = True
+                log.error(  # noqa: TRY400 -- an expected answer, its traceback says nothing
+                    "store.presence_module_missing",
+                    error=str(exc),
+                    hint="load mod_roster_admin_presence (deploy/prosody/) on the server: "
+                    "without it there is no live presence and no pending request repair",
+                )
+            return frozenset()
+        except IqUnansweredError as exc:
+            raise StoreUnavailableError(str(exc)) from None
+        self._module_missing = False
+        return stanzas.parse_pending(result)
+
+    async def _iq(self, to: str, iq_type: IqType, payload: ET.Element) -> ET.Element:
+        try:
+            return await self._sender.send_iq(to, iq_type, payload)
+        except IqRefusedError as exc:
+            raise _store_error(to, exc) from None
+        except IqUnansweredError as exc:
+            raise StoreUnavailableError(str(exc)) from None
+
+
+def _store_error(to: str, exc: IqRefusedError) -> StoreError:
+    """The neutral kind of a refusal: sync must not need to know XMPP's conditions."""
+    if "@" in to and exc.condition in _NOT_SUPPORTED:
+        # What Prosody answers for a user it does not know.
+        return UnknownUserError(f"{exc} (no such user?)")
+    if exc.condition in _NOT_SUPPORTED:
+        return StoreError(f"{exc}: is mod_roster_admin_presence loaded on the server?")
+    return StoreError(str(exc))

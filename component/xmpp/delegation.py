@@ -1,0 +1,193 @@
+"""Users' roster requests that the server delegates to us (XEP-0355).
+
+GETs are answered with the web app's roster (through the roster provider the application
+hands us); SETs, and anything else a user must not do, are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+from xml.etree import ElementTree as ET
+
+import structlog
+from slixmpp.jid import JID, InvalidJID
+
+from component import metrics, stanzas
+from component.xmpp.link import STREAM_NS
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from component.roster import Roster
+    from component.xmpp.grants import Grants
+    from component.xmpp.link import Stream
+    from component.xmpp.presence import OnlineUsers
+
+log = structlog.get_logger(__name__)
+
+# How long answers to users' roster requests may take to finish when we stop.
+_ANSWER_DRAIN = 5.0
+
+
+class DelegatedRosters:
+    """Answers delegated roster requests, and says whether the delegation is in place."""
+
+    def __init__(  # noqa: PLR0913 -- the collaborators and three settings
+        self,
+        link: Stream,
+        grants: Grants,
+        online: OnlineUsers,
+        *,
+        domain: str,
+        roster_provider: Callable[[str], Awaitable[Roster]],
+        max_stanza_bytes: int,
+        expected: bool,
+    ) -> None:
+        self._grants = grants
+        self._expected = expected
+        self._online = online
+        self._domain = domain
+        self._roster_provider = roster_provider
+        self._max_stanza_bytes = max_stanza_bytes
+        self._answers: set[asyncio.Task[None]] = set()
+        for node in stanzas.delegation_disco_nodes(stanzas.ROSTER_NS):
+            # The server asks for these nodes to nest our features in its own disco.
+            link.add_disco_feature(stanzas.ROSTER_NS, node)
+        link.handle(
+            "delegated iq",
+            f"{{{STREAM_NS}}}iq/{{{stanzas.DELEGATION_NS}}}delegation",
+            self._on_delegated,
+        )
+        grants.on_change(self._check_unexpected)
+
+    @property
+    def active(self) -> bool:
+        """The server hands us users' roster requests (and sends no roster pushes itself)."""
+        return stanzas.ROSTER_NS in self._grants.delegated
+
+    def problem(self) -> str | None:
+        """Why we cannot serve rosters yet, when delegation is expected; None when in place."""
+        if self.active or not self._expected:
+            return None
+        return (
+            "the server does not delegate jabber:iq:roster to us: add the delegations line "
+            "to the VirtualHost, or set server.delegate_roster = false"
+        )
+
+    def _check_unexpected(self) -> None:
+        if self.active and not self._expected:
+            # It works (we answer and push), but the operator should know the config is off.
+            log.warning(
+                "xmpp.delegation_unexpected",
+                hint="the server delegates rosters to us: set server.delegate_roster = true",
+            )
+
+    async def stop(self) -> None:
+        """Finish answering users (bounded): an unanswered request leaves a client waiting."""
+        if self._answers:
+            await asyncio.wait(self._answers, timeout=_ANSWER_DRAIN)
+        for task in self._answers:
+            task.cancel()
+        await asyncio.gather(*self._answers, return_exceptions=True)
+
+    def _on_delegated(self, iq: Any) -> None:
+        if iq["type"] not in {"get", "set"}:
+            return  # never answer a result or an error
+        task = asyncio.ensure_future(self._answer_delegated(iq))
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+
+    async def _answer_delegated(self, iq: Any) -> None:
+        if iq["from"].full != self._domain:
+            # Only the server may hand us a user's request: anyone else could forge the
+            # forwarded sender and read or probe another user's roster.
+            log.warning("xmpp.delegation_spoofed", sender=iq["from"].full)
+            metrics.DELEGATED.labels(result="spoofed").inc()
+            _send_error(iq, "auth", "forbidden")
+            return
+        request = stanzas.parse_delegated(iq.xml)
+        if request is None:
+            log.warning("xmpp.delegation_malformed", stanza=str(iq))
+            metrics.DELEGATED.labels(result="malformed").inc()
+            _send_error(iq, "modify", "bad-request")
+            return
+        reply = iq.reply(clear=True)
+        try:
+            answer = await self._answer(request)
+        except BaseException:
+            # Cancelled (we are stopping) or a bug: the user still gets an answer.
+            reply.append(stanzas.delegated_error(request, "wait", "internal-server-error"))
+            reply.send()
+            raise
+        reply.append(answer)
+        reply.send()
+
+    async def _answer(self, request: stanzas.DelegatedRequest) -> ET.Element:
+        refusal = refusal_for(request, self._domain)
+        if refusal is not None:
+            return refusal
+        sender = JID(request.sender)
+        bound = log.bind(sender=request.sender)
+        # Before the wait, so that no change is lost for this client: a sync that finishes
+        # while we answer from the store pushes to it (the answering sync's own changes are
+        # pushed too, which is redundant but harmless: pushes are idempotent).
+        self._online.track(sender)
+        try:
+            roster = await self._roster_provider(sender.user)
+        except Exception:  # noqa: BLE001 -- the user must get an answer whatever went wrong
+            metrics.DELEGATED.labels(result="error").inc()
+            bound.exception("roster.answer_failed")
+            return stanzas.delegated_error(request, "wait", "internal-server-error")
+        answer = stanzas.delegated_result(request, stanzas.roster_query(roster))
+        size = len(ET.tostring(answer))
+        if size > self._max_stanza_bytes:
+            # The server would close our stream over it, failing every user at once.
+            metrics.DELEGATED.labels(result="too_large").inc()
+            bound.error(
+                "roster.answer_too_large",
+                contacts=len(roster),
+                bytes=size,
+                limit=self._max_stanza_bytes,
+                hint="raise component_stanza_size_limit and server.max_stanza_bytes together",
+            )
+            return stanzas.delegated_error(request, "wait", "resource-constraint")
+        metrics.DELEGATED.labels(result="ok").inc()
+        bound.debug("roster.answered", contacts=len(roster))
+        return answer
+
+
+def _send_error(iq: Any, error_type: str, condition: str) -> None:
+    error = iq.reply(clear=True)
+    error["type"] = "error"
+    error["error"]["type"] = error_type
+    error["error"]["condition"] = condition
+    error.send()
+
+
+def refusal_for(request: stanzas.DelegatedRequest, domain: str) -> ET.Element | None:
+    """The error answer for a delegated request we must not serve, or None to serve it."""
+    bound = log.bind(sender=request.sender, iq_type=request.type)
+    try:
+        sender = JID(request.sender)
+        target = JID(request.to) if request.to else None
+    except InvalidJID:
+        metrics.DELEGATED.labels(result="malformed").inc()
+        return stanzas.delegated_error(request, "modify", "jid-malformed")
+    if request.namespace != stanzas.ROSTER_NS:
+        metrics.DELEGATED.labels(result="not_roster").inc()
+        return stanzas.delegated_error(request, "cancel", "service-unavailable")
+    if sender.domain != domain or not sender.user:
+        metrics.DELEGATED.labels(result="forbidden").inc()
+        bound.warning("roster.request_refused", why="not a user of our domain")
+        return stanzas.delegated_error(request, "cancel", "forbidden")
+    if target is not None and target.bare != sender.bare:
+        # Prosody delegates requests addressed to another user's roster to us as well.
+        metrics.DELEGATED.labels(result="forbidden").inc()
+        bound.warning("roster.foreign_request_refused", target=target.full)
+        return stanzas.delegated_error(request, "auth", "forbidden")
+    if request.type == "set":
+        metrics.DELEGATED.labels(result="set_refused").inc()
+        bound.info("roster.set_refused")
+        return stanzas.delegated_error(request, "cancel", "not-allowed")
+    return None

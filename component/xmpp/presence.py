@@ -1,0 +1,68 @@
+"""Who is online: the server copies every user's presence to us (XEP-0356 presence).
+
+Also the resources that asked us for their roster (delegated), so that roster pushes reach
+every client that holds a roster.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from component.xmpp.link import STREAM_NS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from slixmpp.jid import JID
+
+    from component.xmpp.link import Stream
+
+
+class OnlineUsers:
+    """Online resources per user of our domain, from the presence the server sends us."""
+
+    def __init__(self, link: Stream, domain: str, on_available: Callable[[str], None]) -> None:
+        self._domain = domain
+        self._on_available = on_available
+        # user bare JID -> full JIDs of their sessions
+        self._resources: dict[str, set[str]] = {}
+        link.handle("user presence", f"{{{STREAM_NS}}}presence", self._on_presence)
+        link.on_state(self._on_link)
+
+    def online_users(self) -> list[str]:
+        """Usernames with a session we know of."""
+        return [bare.partition("@")[0] for bare in self._resources]
+
+    def is_online(self, username: str) -> bool:
+        return f"{username}@{self._domain}" in self._resources
+
+    def resources(self, user: str) -> list[str]:
+        """The full JIDs of ``user`` (a bare JID), sorted."""
+        return sorted(self._resources.get(user, ()))
+
+    def track(self, full: JID) -> None:
+        # Online, or asked us for its roster: either way it holds a roster to keep current.
+        self._resources.setdefault(full.bare, set()).add(full.full)
+
+    def forget(self, full: JID) -> None:
+        resources = self._resources.get(full.bare)
+        if resources is not None:
+            resources.discard(full.full)
+            if not resources:
+                del self._resources[full.bare]
+
+    def _on_link(self, connected: bool) -> None:
+        if not connected:
+            # The server replays every online session's presence when we are back.
+            self._resources.clear()
+
+    def _on_presence(self, presence: Any) -> None:
+        sender: JID = presence["from"]
+        if sender.domain != self._domain or not sender.user or not sender.resource:
+            return
+        kind = presence["type"]
+        if kind == "unavailable":
+            self.forget(sender)
+        elif kind in {"available", "", *presence.showtypes}:
+            self.track(sender)
+            self._on_available(sender.user)

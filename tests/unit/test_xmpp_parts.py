@@ -1,0 +1,330 @@
+"""The XMPP parts, each on its own: grants, online users, delegated answers, pushes.
+
+A fake link stands in for the stream: it hands the parts' handlers the stanzas a server
+would send and records the IQs they send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+from xml.etree import ElementTree as ET
+
+import pytest
+from slixmpp import Message, Presence
+
+from component import stanzas
+from component.errors import IqRefusedError
+from component.roster import Contact, RosterDiff
+from component.xmpp.delegation import DelegatedRosters
+from component.xmpp.grants import Grants
+from component.xmpp.presence import OnlineUsers
+from component.xmpp.pushes import RosterPusher
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from component.roster import Roster
+
+DOMAIN = "example.test"
+COMPONENT = "roster.example.test"
+ALICE = "alice@example.test"
+STREAM = "jabber:component:accept"
+PRIVILEGES = (
+    "<privilege xmlns='urn:xmpp:privilege:2'><perm access='roster' type='both'/>"
+    "<perm access='presence' type='roster'/><perm access='iq'>"
+    "<namespace ns='jabber:iq:roster' type='both'/></perm></privilege>"
+)
+DELEGATION = (
+    "<delegation xmlns='urn:xmpp:delegation:2'>"
+    "<delegated namespace='jabber:iq:roster'/></delegation>"
+)
+
+
+class FakeLink:
+    """The component stream, without a server: handlers by name, IQs recorded."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Callable[[Any], None]] = {}
+        self.listeners: list[Callable[[bool], None]] = []
+        self.features: list[tuple[str, str]] = []
+        self.sent: list[tuple[str, str, ET.Element]] = []
+        self.refuse: dict[str, str] = {}  # inner 'to' -> condition to answer with
+        self.gate: asyncio.Event | None = None
+
+    def handle(self, name: str, path: str, callback: Callable[[Any], None]) -> None:
+        del path
+        self.handlers[name] = callback
+
+    def on_state(self, listener: Callable[[bool], None]) -> None:
+        self.listeners.append(listener)
+
+    def add_disco_feature(self, feature: str, node: str) -> None:
+        self.features.append((feature, node))
+
+    def set_connected(self, connected: bool) -> None:
+        for listener in self.listeners:
+            listener(connected)
+
+    async def send_iq(self, to: str, iq_type: str, payload: ET.Element) -> ET.Element:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.sent.append((to, iq_type, payload))
+        inner = payload.find(f"{{{stanzas.CLIENT_NS}}}iq")
+        target = "" if inner is None else inner.get("to", "")
+        if target in self.refuse:
+            raise IqRefusedError("refused", self.refuse[target])
+        return ET.Element("iq", {"type": "result"})
+
+
+def message(sender: str, body: str) -> Message:
+    text = f"<message xmlns='{STREAM}' from='{sender}'>{body}</message>"
+    return Message(xml=ET.fromstring(text))  # type: ignore[no-untyped-call]  # noqa: S314 -- ours
+
+
+def presence(sender: str, kind: str | None = None) -> Presence:
+    attrs = f" type='{kind}'" if kind else ""
+    text = f"<presence xmlns='{STREAM}' from='{sender}'{attrs}/>"
+    return Presence(xml=ET.fromstring(text))  # noqa: S314 -- written here
+
+
+@pytest.fixture(name="link")
+def fixture_link() -> FakeLink:
+    return FakeLink()
+
+
+@pytest.fixture(name="grants")
+def fixture_grants(link: FakeLink) -> Grants:
+    return Grants(link, DOMAIN)
+
+
+@pytest.fixture(name="available")
+def fixture_available() -> list[str]:
+    return []
+
+
+@pytest.fixture(name="online")
+def fixture_online(link: FakeLink, available: list[str]) -> OnlineUsers:
+    return OnlineUsers(link, DOMAIN, available.append)
+
+
+# --- grants --------------------------------------------------------------------------------
+
+
+def test_grants_are_read_from_the_servers_advertisements(link: FakeLink, grants: Grants) -> None:
+    """Privileges and delegations are taken as they arrive, each change told to listeners."""
+    changes: list[None] = []
+    grants.on_change(lambda: changes.append(None))
+    link.handlers["advertisements"](message(DOMAIN, DELEGATION))
+    link.handlers["advertisements"](message(DOMAIN, PRIVILEGES))
+    assert grants.privileges_known
+    assert grants.privileges.can_write_rosters()
+    assert grants.privileges.can_send_iq(stanzas.ROSTER_NS, "set")
+    assert grants.delegated == {stanzas.ROSTER_NS}
+    assert len(changes) == 2
+
+
+def test_advertisements_from_another_host_are_ignored(link: FakeLink, grants: Grants) -> None:
+    """Only the host whose users we manage grants us anything."""
+    link.handlers["advertisements"](message("other.test", PRIVILEGES))
+    link.handlers["advertisements"](message(f"mallory@{DOMAIN}/x", DELEGATION))
+    assert not grants.privileges_known
+    assert grants.delegated == frozenset()
+
+
+def test_grants_end_with_the_stream(link: FakeLink, grants: Grants) -> None:
+    """After a disconnect nothing is assumed granted until the server says so again."""
+    link.handlers["advertisements"](message(DOMAIN, PRIVILEGES + DELEGATION))
+    link.set_connected(False)
+    assert not grants.privileges_known
+    assert not grants.privileges.can_read_rosters()
+    assert grants.delegated == frozenset()
+
+
+# --- online users --------------------------------------------------------------------------
+
+
+def test_users_coming_online_are_tracked_and_reported(
+    link: FakeLink, online: OnlineUsers, available: list[str]
+) -> None:
+    """Available presence adds a resource and reports the user; unavailable removes it."""
+    handle = link.handlers["user presence"]
+    handle(presence(f"{ALICE}/phone"))
+    handle(presence(f"{ALICE}/laptop"))
+    handle(presence(f"bob@{DOMAIN}/x", "unavailable"))
+    assert online.online_users() == ["alice"]
+    assert online.resources(ALICE) == [f"{ALICE}/laptop", f"{ALICE}/phone"]
+    assert available == ["alice", "alice"]
+    handle(presence(f"{ALICE}/phone", "unavailable"))
+    handle(presence(f"{ALICE}/laptop", "unavailable"))
+    assert not online.is_online("alice")
+
+
+@pytest.mark.parametrize("sender", ["alice@other.test/r", ALICE, DOMAIN, f"{DOMAIN}/r", COMPONENT])
+def test_presence_not_from_a_users_session_is_ignored(
+    link: FakeLink, online: OnlineUsers, available: list[str], sender: str
+) -> None:
+    """Other domains, bare JIDs and the server itself are nobody's session."""
+    link.handlers["user presence"](presence(sender))
+    assert online.online_users() == []
+    assert available == []
+
+
+def test_who_is_online_is_forgotten_with_the_stream(link: FakeLink, online: OnlineUsers) -> None:
+    """The server replays every session's presence on reconnect, so nothing stale stays."""
+    link.handlers["user presence"](presence(f"{ALICE}/phone"))
+    link.set_connected(False)
+    assert online.online_users() == []
+
+
+# --- delegated answers ---------------------------------------------------------------------
+
+
+def delegated_get(sender: str = f"{ALICE}/phone") -> stanzas.DelegatedRequest:
+    return stanzas.DelegatedRequest(sender, None, "get", "r1", stanzas.roster_query())
+
+
+def no_contacts(_username: str) -> Roster:
+    return {}
+
+
+def make_delegation(
+    link: FakeLink,
+    grants: Grants,
+    online: OnlineUsers,
+    provider: Callable[[str], Roster],
+    *,
+    max_bytes: int = 100_000,
+    expected: bool = True,
+) -> DelegatedRosters:
+    async def roster_for(username: str) -> Roster:
+        await asyncio.sleep(0)
+        return provider(username)
+
+    return DelegatedRosters(
+        link,
+        grants,
+        online,
+        domain=DOMAIN,
+        roster_provider=roster_for,
+        max_stanza_bytes=max_bytes,
+        expected=expected,
+    )
+
+
+def inner_answer(answer: ET.Element) -> ET.Element:
+    inner = answer.find(f"{{{stanzas.FORWARD_NS}}}forwarded/{{{stanzas.CLIENT_NS}}}iq")
+    assert inner is not None
+    return inner
+
+
+async def test_a_users_roster_request_is_answered_with_their_roster(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """The answer carries the provider's roster, and the asking client gets later pushes."""
+    delegation = make_delegation(link, grants, online, lambda _: {"bob@x": Contact("bob@x")})
+    inner = inner_answer(await delegation._answer(delegated_get()))
+    assert (inner.get("type"), inner.get("to")) == ("result", f"{ALICE}/phone")
+    assert list(stanzas.parse_roster_query(inner[0])) == ["bob@x"]
+    assert online.resources(ALICE) == [f"{ALICE}/phone"]
+    assert [node for _, node in link.features] == list(
+        stanzas.delegation_disco_nodes(stanzas.ROSTER_NS)
+    )
+
+
+async def test_a_roster_too_large_is_refused_not_sent(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """Over max_stanza_bytes the user gets resource-constraint instead of losing the link."""
+    big = {f"c{i}@x": Contact(f"c{i}@x", "n" * 50) for i in range(100)}
+    delegation = make_delegation(link, grants, online, lambda _: big, max_bytes=2_000)
+    inner = inner_answer(await delegation._answer(delegated_get()))
+    assert stanzas.error_condition(inner) == "resource-constraint"
+
+
+async def test_a_failing_provider_still_answers(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """Whatever goes wrong, the user gets an error answer rather than silence."""
+
+    def broken(_: str) -> Roster:
+        raise RuntimeError("bug")
+
+    inner = inner_answer(
+        await make_delegation(link, grants, online, broken)._answer(delegated_get())
+    )
+    assert stanzas.error_condition(inner) == "internal-server-error"
+
+
+def test_delegation_is_a_condition_only_when_expected(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """Expected and missing: a reason naming the fix; not expected: no condition at all."""
+    expected = make_delegation(link, grants, online, no_contacts)
+    unexpected = make_delegation(link, grants, online, no_contacts, expected=False)
+    assert "delegate_roster" in (expected.problem() or "")
+    assert unexpected.problem() is None
+    link.handlers["advertisements"](message(DOMAIN, DELEGATION))
+    assert expected.problem() is None
+    assert unexpected.active
+
+
+# --- pushes --------------------------------------------------------------------------------
+
+
+@pytest.fixture(name="pusher")
+def fixture_pusher(link: FakeLink, grants: Grants, online: OnlineUsers) -> RosterPusher:
+    delegation = make_delegation(link, grants, online, no_contacts)
+    link.handlers["advertisements"](message(DOMAIN, PRIVILEGES + DELEGATION))
+    return RosterPusher(link, grants, online, delegation)
+
+
+def pushed(link: FakeLink) -> list[tuple[str, str]]:
+    """(client, contact JID or "-jid" for a removal) for each push sent, in order."""
+    result = []
+    for _, _, wrapper in link.sent:
+        inner = wrapper[0]
+        item = inner[0][0]
+        mark = "-" if item.get("subscription") == "remove" else ""
+        result.append((inner.get("to", ""), mark + item.get("jid", "")))
+    return result
+
+
+async def test_pushes_reach_every_client_in_order(
+    link: FakeLink, online: OnlineUsers, pusher: RosterPusher
+) -> None:
+    """Each resource gets every change; a later change never overtakes an earlier one."""
+    link.handlers["user presence"](presence(f"{ALICE}/a"))
+    link.handlers["user presence"](presence(f"{ALICE}/b"))
+    link.gate = asyncio.Event()
+    pusher.push(ALICE, RosterDiff((Contact("bob@x", "Bob"),), ("carol@x",)))
+    pusher.push(ALICE, RosterDiff((Contact("bob@x", "Robert"),), ()))
+    link.gate.set()
+    await pusher.wait_idle()
+    for resource in (f"{ALICE}/a", f"{ALICE}/b"):
+        assert [j for to, j in pushed(link) if to == resource] == ["bob@x", "-carol@x", "bob@x"]
+    names = [w[0][0][0].get("name") for _, _, w in link.sent if w[0].get("to") == f"{ALICE}/a"]
+    assert names == ["Bob", None, "Robert"]
+
+
+async def test_no_pushes_without_delegation(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """Not delegated, the server pushes our writes itself: we send nothing."""
+    pusher = RosterPusher(link, grants, online, make_delegation(link, grants, online, no_contacts))
+    link.handlers["user presence"](presence(f"{ALICE}/a"))
+    pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ()))
+    await pusher.wait_idle()
+    assert link.sent == []
+
+
+async def test_a_client_that_is_gone_gets_no_more_pushes(
+    link: FakeLink, online: OnlineUsers, pusher: RosterPusher
+) -> None:
+    """A session the server says is gone is forgotten, so later changes are not sent to it."""
+    link.handlers["user presence"](presence(f"{ALICE}/gone"))
+    link.refuse[f"{ALICE}/gone"] = "service-unavailable"
+    pusher.push(ALICE, RosterDiff((Contact("bob@x"), Contact("carol@x")), ()))
+    await pusher.wait_idle()
+    assert len(link.sent) == 1
+    assert online.resources(ALICE) == []
