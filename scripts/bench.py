@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.harness.component import write_component_config
 from tests.harness.prosody import ProsodyServer, free_ports, require_build
 from tests.harness.webapp import FakeWebApp
 from tests.harness.xmpp_client import connected_client
@@ -91,13 +92,13 @@ async def bench(args: argparse.Namespace) -> None:
             webapp.rosters.update(rosters(args.users, args.contacts, 0))
             (port,) = free_ports(1)
             config = work / "config.toml"
-            config.write_text(
-                f'[component]\njid = "{server.component_jid}"\n'
-                f'secret = "{server.component_secret}"\nport = {server.component_port}\n'
-                f'[users]\ndomain = "{DOMAIN}"\n[webapp]\nroster_url = "{webapp.url_template}"\n'
-                f'[listener]\nport = {port}\ntoken = "{TOKEN}"\nmax_users = {args.users}\n'
-                f'[server]\nkind = "prosody"\n[sync]\nmax_age = 0\n'
-                f'concurrency = {args.concurrency}\n[log]\nformat = "json"\nlevel = "warning"\n'
+            write_component_config(
+                config,
+                server,
+                webapp.url_template,
+                listener={"port": port, "token": TOKEN, "max_users": args.users},
+                sync={"max_age": 0, "concurrency": args.concurrency},
+                log={"format": "json", "level": "warning"},
             )
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "component", "run", "--config", str(config),

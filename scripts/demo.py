@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from tests.harness.prosody import ProsodyServer, _die_with_parent, free_ports, require_build
+from tests.harness.component import write_component_config
+from tests.harness.prosody import ProsodyServer, die_with_parent, free_ports, require_build
 from tests.harness.webapp import FakeWebApp
 from tests.harness.xmpp_client import Roster, RosterPush, connected_client
 
@@ -62,28 +63,6 @@ def shows(jid: str, change: str) -> Callable[[RosterPush], bool]:
         return entry is not None and change in {entry["name"], entry["subscription"]}
 
     return check
-
-
-def write_config(path: Path, server: ProsodyServer, webapp: FakeWebApp, port: int) -> None:
-    path.write_text(
-        f"""[component]
-jid = "{server.component_jid}"
-secret = "{server.component_secret}"
-port = {server.component_port}
-[users]
-domain = "{DOMAIN}"
-[webapp]
-roster_url = "{webapp.url_template}"
-[listener]
-port = {port}
-token = "{TOKEN}"
-[server]
-kind = "prosody"
-delegate_roster = {str(server.delegate_roster).lower()}
-[log]
-format = "console"
-"""
-    )
 
 
 async def wait_healthy(
@@ -127,7 +106,13 @@ async def demo(build: str, delegate: bool, keep_running: bool) -> None:
             webapp.rosters.update(ROSTERS)
             config = work / "config.toml"
             (port,) = free_ports(1)
-            write_config(config, server, webapp, port)
+            write_component_config(
+                config,
+                server,
+                webapp.url_template,
+                listener={"port": port, "token": TOKEN},
+                log={"format": "console"},
+            )
             print(f"Prosody {server.build.version} on 127.0.0.1:{server.c2s_port} (c2s), "
                   f"web app at {webapp.url_template}, component config {config}")  # fmt: skip
             process = await asyncio.create_subprocess_exec(
@@ -137,7 +122,7 @@ async def demo(build: str, delegate: bool, keep_running: bool) -> None:
                 "run",
                 "--config",
                 str(config),
-                preexec_fn=_die_with_parent,  # one prctl() call: safe between fork and exec
+                preexec_fn=die_with_parent,  # one prctl() call: safe between fork and exec
             )
             stack.push_async_callback(stop_component, process)
             url = f"http://127.0.0.1:{port}"

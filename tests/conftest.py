@@ -10,10 +10,10 @@ from tests.harness.prosody import BUILD_NAMES, ProsodyBuild, ProsodyError, Proso
 from tests.harness.prosody import require_build as _require_build
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+    from collections.abc import AsyncIterator, Generator
     from pathlib import Path
 
-    ServerFactory = Callable[..., Awaitable[ProsodyServer]]
+    from tests.harness.prosody import ServerFactory
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

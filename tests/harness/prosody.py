@@ -21,6 +21,7 @@ import socket
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Self
@@ -214,7 +215,7 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in socks]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Have the kernel kill the server if the test process dies without stopping it."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -285,6 +286,10 @@ class ProsodyServer:
             server.workdir.mkdir(parents=True, exist_ok=True)
             with server.s2s_routes_path.open("a") as routes:
                 routes.write(f"{peer.domain} {peer.s2s_port}\n")
+
+    def server_section(self) -> dict[str, object]:
+        """The component's [server] section for this server (see tests/harness/component.py)."""
+        return {"kind": "prosody", "delegate_roster": self.delegate_roster}
 
     @property
     def pid(self) -> int:
@@ -410,7 +415,7 @@ VirtualHost {_lua_str(self.domain)}
             stdout=self._console,
             stderr=asyncio.subprocess.STDOUT,
             cwd=self.workdir,
-            preexec_fn=_die_with_parent,  # one prctl() call: safe between fork and exec
+            preexec_fn=die_with_parent,  # one prctl() call: safe between fork and exec
         )
         # Prosody logs each listening service once bound (line-buffered): that line, not a
         # connection attempt, proves that the port is ours.
@@ -563,3 +568,7 @@ VirtualHost {_lua_str(self.domain)}
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+#: What the prosody_factory fixture gives: ``await factory(delegate_roster=False)``.
+ServerFactory = Callable[..., Awaitable[ProsodyServer]]

@@ -14,6 +14,7 @@ import pytest
 
 from component import config
 from component.app import Application
+from tests.harness.component import write_component_config
 from tests.harness.webapp import FakeWebApp
 from tests.harness.xmpp_client import TestClient, connected_client
 
@@ -22,9 +23,8 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
-    from tests.harness.prosody import ProsodyServer
+    from tests.harness.prosody import ProsodyServer, ServerFactory
 
-    ServerFactory = Callable[..., Awaitable[ProsodyServer]]
 
 DOMAIN = "example.test"
 PASSWORD = "pw"
@@ -139,41 +139,20 @@ async def fixture_webapp() -> AsyncIterator[FakeWebApp]:
 
 
 def write_config(
-    path: Path, server: ProsodyServer, webapp: FakeWebApp, *, reconcile_interval: float = 0
+    path: Path, server: ProsodyServer, webapp: FakeWebApp, /, **overrides: Mapping[str, object]
 ) -> Path:
-    """The component's config for this server and web app (reconciliation off by default)."""
-    path.write_text(
-        f"""
-[component]
-jid = "{server.component_jid}"
-secret = "{server.component_secret}"
-host = "127.0.0.1"
-port = {server.component_port}
-reconnect_max_delay = 1
-[users]
-domain = "{server.domain}"
-[webapp]
-roster_url = "{webapp.url_template}"
-timeout = 1
-attempts = 2
-[listener]
-host = "127.0.0.1"
-port = 0
-token = "{TOKEN}"
-[server]
-kind = "prosody"
-delegate_roster = {str(server.delegate_roster).lower()}
-[sync]
-max_age = 0
-xmpp_timeout = 5
-answer_timeout = 5
-reconcile_interval = {reconcile_interval}
-[log]
-format = "console"
-level = "debug"
-"""
-    )
-    return path
+    """The component's config for tests (quick timeouts, debug logs, reconciliation off);
+    ``overrides`` change single keys: ``sync={"reconcile_interval": 2}``."""
+    sections: dict[str, dict[str, object]] = {
+        "component": {"reconnect_max_delay": 1},
+        "webapp": {"timeout": 1, "attempts": 2},
+        "listener": {"token": TOKEN},
+        "sync": {"max_age": 0, "xmpp_timeout": 5, "answer_timeout": 5, "reconcile_interval": 0},
+        "log": {"format": "console", "level": "debug"},
+    }
+    for name, values in overrides.items():
+        sections.setdefault(name, {}).update(values)
+    return write_component_config(path, server, webapp.url_template, **sections)
 
 
 @pytest.fixture(name="system")

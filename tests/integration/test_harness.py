@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
-    ServerFactory = Callable[..., Awaitable[ProsodyServer]]
+    from tests.harness.prosody import ServerFactory
+
 
 PASSWORD = "secret-pw"
 REFUSAL = "Contacts are managed by the web application"

@@ -121,7 +121,10 @@ async def test_drift_is_repaired_by_the_periodic_reconciliation(system: System) 
     reconciliation interval, and the repair is logged item by item."""
     await system.stop_component()
     write_config(
-        system.config_path, system.server, system.webapp, reconcile_interval=RECONCILE_INTERVAL
+        system.config_path,
+        system.server,
+        system.webapp,
+        sync={"reconcile_interval": RECONCILE_INTERVAL},
     )
     await system.start_component()
     system.set_roster("alice", {jid("bob"): {"name": "Bob"}, jid("carol"): {"name": "Carol"}})

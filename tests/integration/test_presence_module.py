@@ -19,12 +19,11 @@ from tests.harness.xmpp_client import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncIterator, Callable, Iterable
 
-    from tests.harness.prosody import ProsodyServer
+    from tests.harness.prosody import ProsodyServer, ServerFactory
     from tests.harness.xmpp_client import Received, TestClient, TestComponent
 
-    ServerFactory = Callable[..., Awaitable[ProsodyServer]]
     IqType = Literal["get", "set"]
 
 pytestmark = pytest.mark.integration

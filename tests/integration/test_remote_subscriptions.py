@@ -20,12 +20,10 @@ from tests.harness.xmpp_client import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
     from contextlib import AbstractAsyncContextManager
 
-    from tests.harness.prosody import ProsodyServer
+    from tests.harness.prosody import ProsodyServer, ServerFactory
 
-    ServerFactory = Callable[..., Awaitable[ProsodyServer]]
 
 PASSWORD = "secret-pw"
 REFUSAL = "Contacts are managed by the web application"

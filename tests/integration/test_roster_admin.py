@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from component import stanzas
 from tests.harness.xmpp_client import StanzaError
-from tests.integration.conftest import System, eventually, item, jid
+from tests.integration.conftest import System, eventually, item, jid, write_config
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -276,8 +276,9 @@ async def test_a_roster_too_large_for_the_server_is_refused_not_sent(
     """A roster over max_stanza_bytes gets an error; the link, and other users, carry on."""
     system = alice_roster
     await system.stop_component()
-    text = system.config_path.read_text()
-    system.config_path.write_text(text.replace("[sync]", "max_stanza_bytes = 20000\n[sync]"))
+    write_config(
+        system.config_path, system.server, system.webapp, server={"max_stanza_bytes": 20000}
+    )
     await system.start_component()
     system.set_roster("alice", {jid(f"c{i}"): {"name": "x" * 100} for i in range(200)})
     system.set_roster("bob", {jid("carol"): {"name": "Carol"}})

@@ -15,13 +15,11 @@ import pytest
 from tests.integration.conftest import TOKEN, write_config
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
-    from tests.harness.prosody import ProsodyServer
+    from tests.harness.prosody import ServerFactory
     from tests.harness.webapp import FakeWebApp
 
-    ServerFactory = Callable[..., Awaitable[ProsodyServer]]
 
 pytestmark = pytest.mark.integration
 
