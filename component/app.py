@@ -15,6 +15,7 @@ from component import __version__
 from component.http_api import HttpApi
 from component.readiness import Readiness
 from component.reconcile import Reconciler
+from component.store.ejabberd import AdminApiRosterStore
 from component.store.privileged import PrivilegedRosterStore
 from component.sync import Syncer
 from component.webapp import WebAppClient
@@ -68,10 +69,10 @@ class Application:
             domain=config.users.domain,
             roster_provider=self._roster_for,
             max_stanza_bytes=config.server.max_stanza_bytes,
-            expected=config.server.delegate_roster,
+            expected=config.server.delegates,
         )
         self.pusher = RosterPusher(self.link, self.grants, self.online, self.delegation)
-        self.store = _roster_store(config, self.link, self.grants)
+        self.store = _roster_store(config, self.link, self.grants, self.readiness)
         self.syncer = Syncer(
             self.webapp,
             self.store,
@@ -126,6 +127,7 @@ class Application:
         await web.TCPSite(self._runner, listener.host, listener.port).start()
         log.info("http.listening", host=listener.host, port=self.http_port, version=__version__)
         self.readiness.update()
+        await self.store.open()
         self.link.start()
         if self.config.sync.reconcile_interval:
             self._spawn(self.reconciler.run())
@@ -149,6 +151,7 @@ class Application:
             await asyncio.wait_for(self.pusher.wait_idle(), _PUSH_DRAIN)
         await self.pusher.stop()
         await self.link.stop()
+        await self.store.close()
         self.readiness.stop()
         await self.webapp.close()
         log.info("app.stopped")
@@ -197,11 +200,24 @@ class Application:
         return task
 
 
-def _roster_store(config: Config, link: ComponentLink, grants: Grants) -> RosterStore:
+def _roster_store(
+    config: Config, link: ComponentLink, grants: Grants, readiness: Readiness
+) -> RosterStore:
     """The mechanism that writes rosters into this kind of server."""
-    match config.server.kind:
+    server = config.server
+    match server.kind:
         case "prosody":
             return PrivilegedRosterStore(link, grants, config.component.jid)
+        case "ejabberd":
+            return AdminApiRosterStore(
+                server.api_url,
+                config.users.domain,
+                user=server.api_user,
+                password=server.api_password,
+                concurrency=server.api_concurrency,
+                timeout=config.sync.xmpp_timeout,
+                on_change=readiness.update,
+            )
 
 
 def _notify_systemd(ready: bool, reasons: list[str]) -> None:

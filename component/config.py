@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 SECRET_ENV = "HTTP_ROSTER_ADMIN_SECRET"  # noqa: S105
 LISTENER_TOKEN_ENV = "HTTP_ROSTER_ADMIN_LISTENER_TOKEN"  # noqa: S105
 WEBAPP_TOKEN_ENV = "HTTP_ROSTER_ADMIN_WEBAPP_TOKEN"  # noqa: S105
+API_PASSWORD_ENV = "HTTP_ROSTER_ADMIN_API_PASSWORD"  # noqa: S105
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
@@ -103,11 +104,30 @@ class ListenerConfig(_Section):
 class ServerConfig(_Section):
     """Which XMPP server we are attached to, and how rosters get into it."""
 
-    kind: Literal["prosody"]
-    delegate_roster: bool = True
+    kind: Literal["prosody", "ejabberd"]
+    # Unset: Prosody delegates (the recommended mode there); ejabberd cannot (see Config).
+    delegate_roster: bool | None = None
     # Must stay below what the server accepts from us (Prosody: component_stanza_size_limit,
     # 512 KiB by default), or an oversized roster answer would cost us the whole stream.
     max_stanza_bytes: Annotated[int, Field(ge=10_000)] = 500_000
+    # ejabberd's admin API (mod_http_api with mod_admin_extra): where rosters are written.
+    api_url: str = ""
+    # For an API protected by ejabberd's own auth: an admin account and its password.
+    api_user: str = ""
+    api_password: str = Field(default="", repr=False)
+    api_concurrency: Annotated[int, Field(ge=1, le=128)] = 16
+
+    @property
+    def delegates(self) -> bool:
+        """Whether the server delegates users' roster requests to us."""
+        return self.kind == "prosody" if self.delegate_roster is None else self.delegate_roster
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
 
 
 class SyncConfig(_Section):
@@ -147,6 +167,31 @@ class Config(_Section):
             raise ValueError(f"component.secret is required (or set {SECRET_ENV})")
         return self
 
+    @model_validator(mode="after")
+    def _check_server(self) -> Self:
+        server = self.server
+        if server.kind == "ejabberd":
+            if server.delegate_roster:
+                # Its roster handler is removed when the component disconnects, breaking every
+                # user's roster until mod_roster restarts (SERVERS.md, README).
+                raise ValueError(
+                    'server.delegate_roster = true is not possible with kind = "ejabberd": '
+                    "remove it"
+                )
+            if not server.api_url:
+                raise ValueError(
+                    'server.api_url is required with kind = "ejabberd" '
+                    '(e.g. "http://127.0.0.1:5280/api")'
+                )
+            if bool(server.api_user) != bool(server.api_password):
+                raise ValueError(
+                    "server.api_user and server.api_password go together "
+                    f"(the password may come from {API_PASSWORD_ENV})"
+                )
+        elif server.api_url or server.api_user or server.api_password:
+            raise ValueError('server.api_url and api_user are only for kind = "ejabberd"')
+        return self
+
 
 def load(path: Path, environ: dict[str, str] | None = None) -> Config:
     """Read, merge the environment's secrets into, and validate the configuration file."""
@@ -161,6 +206,7 @@ def load(path: Path, environ: dict[str, str] | None = None) -> Config:
         ("component", "secret", SECRET_ENV),
         ("listener", "token", LISTENER_TOKEN_ENV),
         ("webapp", "token", WEBAPP_TOKEN_ENV),
+        ("server", "api_password", API_PASSWORD_ENV),
     ):
         if env.get(var) and isinstance(raw.get(section, {}), dict):
             raw.setdefault(section, {})[key] = env[var]

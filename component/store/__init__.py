@@ -1,7 +1,7 @@
 """The server's roster store: where each user's roster lives inside the XMPP server.
 
 One interface, one implementation per mechanism: ``privileged`` (XEP-0356 privileged roster
-IQs, for Prosody); servers whose privileged writes are broken get one of their own. Above
+IQs, for Prosody) and ``ejabberd`` (ejabberd's admin API, where privileged writes are broken). Above
 this interface nothing knows which server it talks to: a store reports its readiness and its
 failures in the neutral words of component.errors.
 """
@@ -25,6 +25,14 @@ class RosterStore(Protocol):
 
     def problem(self) -> str | None:
         """What keeps the store from working now, said so an operator can fix it; or None."""
+        ...
+
+    async def open(self) -> None:
+        """Start what the store needs of its own (connections, checks) before it is used."""
+        ...
+
+    async def close(self) -> None:
+        """Release what open() started."""
         ...
 
     async def read(self, user: str) -> StoredRoster:

@@ -78,6 +78,12 @@ class PrivilegedRosterStore:
             f"{self._component_jid} in the server's privileged_entities"
         )
 
+    async def open(self) -> None:
+        """Nothing of its own: it speaks through the XMPP link."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
     async def read(self, user: str) -> StoredRoster:
         roster, pending = await asyncio.gather(
             self._iq(user, "get", stanzas.roster_query()), self._read_pending(user)

@@ -35,6 +35,9 @@ kind = "prosody"
 """
 
 
+EJABBERD = 'kind = "ejabberd"\napi_url = "http://127.0.0.1:5280/api"'
+
+
 @pytest.fixture(name="write")
 def fixture_write(tmp_path: Path) -> Writer:
     def write(text: str) -> Path:
@@ -50,7 +53,7 @@ def test_good_config_loads_with_defaults(write: Writer) -> None:
     cfg = config.load(write(GOOD), environ={})
     assert cfg.component.jid == "roster.example.test"
     assert cfg.listener.token == "t0ken"
-    assert cfg.server.delegate_roster is True
+    assert cfg.server.delegates is True
     assert cfg.sync.max_age == 60
     assert cfg.webapp.timeout == 10
 
@@ -92,6 +95,17 @@ def test_secrets_are_not_in_the_repr(write: Writer) -> None:
         (('"http://127', '"ftp://127'), "bad value for webapp.roster_url"),
         (('domain = "example.test"', 'domain = "a@example.test"'), "bad value for users.domain"),
         (("[users]", "[users]\ndomian = 1"), "unknown key users.domian"),
+        (('kind = "prosody"', EJABBERD + "\ndelegate_roster = true"), "server.delegate_roster"),
+        (('kind = "prosody"', 'kind = "ejabberd"'), "server.api_url is required"),
+        (
+            ('kind = "prosody"', EJABBERD + "\napi_user = 'a@x'"),
+            "server.api_password",
+        ),
+        (('kind = "prosody"', EJABBERD.replace("http:", "ftp:")), "bad value for server.api_url"),
+        (
+            ('kind = "prosody"', 'kind = "prosody"\napi_url = "http://x/api"'),
+            'only for kind = "ejabberd"',
+        ),
         (("[users]", "[user]"), "missing key users"),
     ],
 )
@@ -139,3 +153,19 @@ def test_cli_check_config_accepts_a_good_file(
     """`check-config` validates without starting anything."""
     assert main(["check-config", "--config", str(write(GOOD))]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+def test_delegation_defaults_by_server_kind(write: Writer) -> None:
+    """Prosody delegates unless told not to; ejabberd never does, and needs its API."""
+    prosody = config.load(write(GOOD), environ={})
+    ejabberd = config.load(write(GOOD.replace('kind = "prosody"', EJABBERD)), environ={})
+    assert (prosody.server.delegates, ejabberd.server.delegates) == (True, False)
+    assert ejabberd.server.api_url == "http://127.0.0.1:5280/api"
+
+
+def test_api_password_may_come_from_the_environment(write: Writer) -> None:
+    """HTTP_ROSTER_ADMIN_API_PASSWORD supplies server.api_password, kept out of the repr."""
+    text = GOOD.replace('kind = "prosody"', EJABBERD + '\napi_user = "admin@example.test"')
+    cfg = config.load(write(text), environ={config.API_PASSWORD_ENV: "pa55"})
+    assert cfg.server.api_password == "pa55"
+    assert "pa55" not in repr(cfg)

@@ -1,0 +1,279 @@
+"""Rosters through ejabberd's admin API (mod_http_api with mod_admin_extra).
+
+ejabberd's XEP-0356 roster writes cannot do this job (23.01 fails them, 24.12 ignores the
+subscription), but its own commands can: ``add_rosteritem`` with ``subs: both`` stores the
+item, pushes it to the user's online clients and routes presence at once, and
+``delete_rosteritem`` removes it with the presence that goes with it. So presence needs no
+announcement here.
+
+23.01 and 24.12 differ in arguments and answers (groups as one ";"-joined string and an
+``ask`` field, or a list and a ``pending`` field). Answers are read by their keys; writes use
+the newer form until the server asks for the older one, then keep to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import structlog
+
+from component.errors import (
+    ItemRefusedError,
+    StoreError,
+    StoreUnavailableError,
+    UnknownUserError,
+)
+from component.roster import Contact, StoredRoster
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+log = structlog.get_logger(__name__)
+
+# While the API fails, how often to ask again whether it is back (readiness).
+_PROBE_INTERVAL = 5.0
+# A username only ever asked about, to see that the API answers for us.
+_PROBE_USER = "http-roster-admin-probe"
+# check_account answers like ejabberdctl's exit status: 0 is "exists".
+_ACCOUNT_EXISTS = 0
+_PENDING_OUT = frozenset({"out", "both"})
+_PENDING_IN = frozenset({"in", "both"})
+
+
+class _ApiFailedError(Exception):
+    """The API answered with an error status; ``status`` and the answer's text say which."""
+
+    def __init__(self, command: str, status: int, text: str) -> None:
+        super().__init__(f"ejabberd API {command}: HTTP {status}: {text[:200]}")
+        self.status = status
+        self.text = text
+
+
+class AdminApiRosterStore:
+    """Each call is one POST {api_url}/{command} with JSON arguments, on kept-alive
+    connections, at most ``concurrency`` in flight."""
+
+    def __init__(  # noqa: PLR0913 -- where the API is and how to call it
+        self,
+        api_url: str,
+        domain: str,
+        *,
+        user: str = "",
+        password: str = "",
+        concurrency: int,
+        timeout: float,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._url = api_url
+        self._domain = domain
+        self._auth = aiohttp.BasicAuth(user, password) if user else None
+        self._concurrency = concurrency
+        self._timeout = timeout
+        self._on_change = on_change
+        self._session: aiohttp.ClientSession | None = None
+        self._problem: str | None = "the ejabberd API has not answered yet"
+        self._probe: asyncio.Task[None] | None = None
+        # ejabberd 23.01 takes groups as one string and cannot name a group with ";".
+        self._joined_groups = False
+
+    # --- lifecycle and readiness -------------------------------------------------------------
+
+    def problem(self) -> str | None:
+        return self._problem
+
+    async def open(self) -> None:
+        """Start asking the API whether it answers; readiness follows what it says."""
+        self._probe = asyncio.ensure_future(self._keep_probing())
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _keep_probing(self) -> None:
+        while True:
+            # An account that cannot exist: the answer only shows the API works for us. A
+            # failure has set the problem already.
+            with contextlib.suppress(StoreError):
+                await self._call("check_account", {"user": _PROBE_USER, "host": self._domain})
+            if self._problem is None:
+                return
+            await asyncio.sleep(_PROBE_INTERVAL)
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem == self._problem:
+            return
+        self._problem = problem
+        if problem is not None:
+            log.warning("store.api_unavailable", url=self._url, problem=problem)
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.ensure_future(self._keep_probing())
+        self._on_change()
+
+    # --- the store ---------------------------------------------------------------------------
+
+    async def read(self, user: str) -> StoredRoster:
+        username, _, host = user.partition("@")
+        rows = await self._call("get_roster", {"user": username, "server": host})
+        if not isinstance(rows, list):
+            raise StoreError(f"ejabberd API get_roster: unexpected answer {rows!r:.200}")
+        if not rows:
+            # ejabberd answers [] for accounts that do not exist, and add_rosteritem would
+            # create a roster for them: tell the two apart before anything is written.
+            await self._check_account(username, host)
+        contacts: dict[str, Contact] = {}
+        pending_in: set[str] = set()
+        for row in rows:
+            contact, pending = _contact(row, contacts)
+            contacts[contact.jid] = contact
+            if pending in _PENDING_IN:
+                pending_in.add(contact.jid)
+        return StoredRoster(contacts, frozenset(pending_in))
+
+    async def write(self, user: str, contact: Contact) -> None:
+        username, _, host = user.partition("@")
+        contact_user, _, contact_host = contact.jid.rpartition("@")
+        args: dict[str, Any] = {
+            "localuser": username,
+            "localhost": host,
+            "user": contact_user,
+            "host": contact_host,
+            "nick": contact.name or "",
+            "subs": contact.subscription,
+        }
+        groups = sorted(contact.groups)
+        try:
+            if not self._joined_groups:
+                await self._command("add_rosteritem", {**args, "groups": groups})
+                return
+        except _ApiFailedError as exc:
+            if "missing argument: group" not in exc.text:
+                raise _write_error(exc) from None
+            log.info("store.api_shape", groups="one string", why="ejabberd before 24")
+            self._joined_groups = True
+        if any(";" in group for group in groups):
+            raise ItemRefusedError(
+                f"{contact.jid}: this ejabberd cannot store a group name containing ';' ({groups})"
+            )
+        try:
+            await self._command("add_rosteritem", {**args, "group": ";".join(groups)})
+        except _ApiFailedError as exc:
+            raise _write_error(exc) from None
+
+    async def remove(self, user: str, jid: str) -> None:
+        username, _, host = user.partition("@")
+        contact_user, _, contact_host = jid.rpartition("@")
+        # Answers 0 whether or not the item was there: removing is idempotent.
+        await self._call(
+            "delete_rosteritem",
+            {"localuser": username, "localhost": host, "user": contact_user, "host": contact_host},
+        )
+
+    async def clear_pending(self, user: str, jids: Sequence[str]) -> None:
+        # ejabberd keeps a pending request on the item itself; writing the item again as it
+        # is stored resets it. Items of strangers were removed by the sync already.
+        stored = await self.read(user)
+        for jid in jids:
+            if (contact := stored.contacts.get(jid)) is not None:
+                await self.write(user, contact)
+
+    async def announce(self, user: str, added: Sequence[str], removed: Sequence[str]) -> None:
+        # add_rosteritem and delete_rosteritem route presence themselves.
+        del user, added, removed
+
+    # --- calls -------------------------------------------------------------------------------
+
+    async def _check_account(self, username: str, host: str) -> None:
+        if await self._call("check_account", {"user": username, "host": host}) != _ACCOUNT_EXISTS:
+            raise UnknownUserError(f"ejabberd has no account {username}@{host}")
+
+    async def _command(self, command: str, args: dict[str, Any]) -> Any:
+        """A write: any answer but 0 is a refusal (raised as _ApiFailedError)."""
+        result = await self._call(command, args, failures=True)
+        if result != 0:
+            raise _ApiFailedError(command, 200, f"answered {result!r}")
+        return result
+
+    async def _call(self, command: str, args: dict[str, Any], *, failures: bool = False) -> Any:
+        """POST one command; its decoded answer.
+
+        Network trouble and authorization problems make the store unavailable (readiness);
+        other error answers are StoreError, or _ApiFailedError when ``failures`` is set.
+        """
+        try:
+            async with self._get_session().post(f"{self._url}/{command}", json=args) as response:
+                text = await response.text()
+                status = response.status
+        except TimeoutError:
+            unreachable = f"ejabberd API at {self._url}: no answer in {self._timeout}s"
+            self._set_problem(unreachable)
+            raise StoreUnavailableError(unreachable) from None
+        except aiohttp.ClientError as exc:
+            unreachable = f"ejabberd API at {self._url} unreachable: {exc}"
+            self._set_problem(unreachable)
+            raise StoreUnavailableError(unreachable) from None
+        problem: str | None = None
+        if status in {401, 403}:
+            problem = (
+                f"ejabberd API refuses {command} (HTTP {status}): check api_permissions "
+                "and server.api_user / api_password"
+            )
+        elif status == 404:
+            problem = (
+                f"ejabberd API has no {command} at {self._url}: check server.api_url and "
+                "that mod_admin_extra is loaded"
+            )
+        if problem is not None:
+            self._set_problem(problem)
+            raise StoreUnavailableError(problem)
+        self._set_problem(None)
+        if status != 200:
+            error = _ApiFailedError(command, status, text)
+            if failures:
+                raise error
+            raise StoreError(str(error))
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise StoreError(f"ejabberd API {command}: not JSON: {text[:200]!r}") from None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created on first use: a ClientSession belongs to the loop running when it is made.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                auth=self._auth,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                connector=aiohttp.TCPConnector(limit=self._concurrency),
+            )
+        return self._session
+
+
+def _write_error(exc: _ApiFailedError) -> StoreError:
+    """A refused item (the others may still go in), unless the server itself failed."""
+    return StoreError(str(exc)) if exc.status >= 500 else ItemRefusedError(str(exc))
+
+
+def _contact(row: dict[str, Any], seen: dict[str, Contact]) -> tuple[Contact, str]:
+    """One get_roster row as a contact, and its pending state ("none", "in", "out", "both").
+
+    24.12 lists each contact once with ``groups``; 23.01 once per group with ``group``.
+    """
+    jid = str(row["jid"])
+    pending = str(row.get("pending", row.get("ask", "none")))
+    groups = row["groups"] if "groups" in row else [row.get("group", "")]
+    before = seen.get(jid)
+    contact = Contact(
+        jid=jid,
+        name=row.get("nick") or None,
+        groups=frozenset(g for g in groups if g) | (before.groups if before else frozenset()),
+        subscription=str(row.get("subscription", "none")),
+        ask=pending in _PENDING_OUT,
+    )
+    return contact, pending
