@@ -441,9 +441,15 @@ class TestComponent:
     def __init__(self, xmpp: ComponentXMPP) -> None:
         self.xmpp = xmpp
         self.messages: Inbox[ET.Element] = Inbox()
+        # Presence the server routes to the component (e.g. under a XEP-0356 presence grant).
+        self.presences: Inbox[ET.Element] = Inbox()
         xmpp.register_handler(
             Callback("Test component message", MatchXPath("{jabber:component:accept}message"),
                      lambda msg: self.messages.add(msg.xml))
+        )  # fmt: skip
+        xmpp.register_handler(
+            Callback("Test component presence", MatchXPath("{jabber:component:accept}presence"),
+                     lambda presence: self.presences.add(presence.xml))
         )  # fmt: skip
 
     @property
