@@ -9,6 +9,7 @@ interval and take only a few sync slots, so that refreshes and logins are never 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -24,11 +25,11 @@ class Reconcilable(Protocol):
 
 
 class OnlineUsers(Protocol):
-    """Who is online, as the XMPP link reports it."""
+    """Who is online, as the XMPP link reports it (and who was, after ``since``)."""
 
-    def online_users(self) -> list[str]: ...
+    def online_users(self, since: float | None = None) -> list[str]: ...
 
-    def is_online(self, username: str) -> bool: ...
+    def is_online(self, username: str, since: float | None = None) -> bool: ...
 
 
 class Ready(Protocol):
@@ -61,16 +62,19 @@ class Reconciler:
         while True:
             await asyncio.sleep(self._interval)
             began = loop.time()
-            users = sorted(self._users.online_users()) if self._readiness.ready else []
+            # Also those who seemed to leave during the last interval: a server may report a
+            # subscription change as a user going offline, and that is just when drift appears.
+            since = time.monotonic() - self._interval
+            users = sorted(self._users.online_users(since)) if self._readiness.ready else []
             if users:
-                await self._pass(users)
+                await self._pass(users, since)
                 log.info(
                     "reconcile.done",
                     users=len(users),
                     duration_s=round(loop.time() - began, 1),
                 )
 
-    async def _pass(self, users: list[str]) -> None:
+    async def _pass(self, users: list[str], since: float) -> None:
         """Sync each user once, starts spaced evenly over one interval, few at a time."""
         loop = asyncio.get_running_loop()
         spacing = self._interval / len(users)
@@ -82,7 +86,7 @@ class Reconciler:
                 await asyncio.sleep(max(0.0, began + index * spacing - loop.time()))
                 await slots.acquire()
                 # Gone offline or link lost while we waited: the next login syncs them.
-                if not (self._readiness.ready and self._users.is_online(username)):
+                if not (self._readiness.ready and self._users.is_online(username, since)):
                     slots.release()
                     continue
                 task = asyncio.create_task(self._one(username, slots))

@@ -1,4 +1,5 @@
-"""Shared fixtures: real Prosody servers (both supported builds) for integration tests."""
+"""Shared fixtures: real Prosody and ejabberd servers (both builds of each) for integration
+tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import pytest
 
 from tests.harness.prosody import BUILD_NAMES, ProsodyBuild, ProsodyError, ProsodyServer
 from tests.harness.prosody import require_build as _require_build
+
+# The ejabberd fixtures (one shared server per build, fresh accounts per test).
+pytest_plugins = ("tests.integration.ejabberd_fixtures",)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Generator

@@ -70,7 +70,12 @@ class AdminApiRosterStore:
     ) -> None:
         self._url = api_url
         self._domain = domain
-        self._auth = aiohttp.BasicAuth(user, password) if user else None
+        self._headers = {
+            # ejabberd (24.12) looks up its API options for the host a request names, and
+            # warns about every request naming another.
+            "Host": domain,
+            **({"Authorization": aiohttp.encode_basic_auth(user, password)} if user else {}),
+        }
         self._concurrency = concurrency
         self._timeout = timeout
         self._on_change = on_change
@@ -79,6 +84,8 @@ class AdminApiRosterStore:
         self._probe: asyncio.Task[None] | None = None
         # ejabberd 23.01 takes groups as one string and cannot name a group with ";".
         self._joined_groups = False
+        # process_rosteritems not allowed (or not available): said once, then not asked again.
+        self._no_rosteritems = False
 
     # --- lifecycle and readiness -------------------------------------------------------------
 
@@ -121,7 +128,10 @@ class AdminApiRosterStore:
 
     async def read(self, user: str) -> StoredRoster:
         username, _, host = user.partition("@")
-        rows = await self._call("get_roster", {"user": username, "server": host})
+        rows, strangers = await asyncio.gather(
+            self._call("get_roster", {"user": username, "server": host}),
+            self._pending_strangers(user),
+        )
         if not isinstance(rows, list):
             raise StoreError(f"ejabberd API get_roster: unexpected answer {rows!r:.200}")
         if not rows:
@@ -129,13 +139,32 @@ class AdminApiRosterStore:
             # create a roster for them: tell the two apart before anything is written.
             await self._check_account(username, host)
         contacts: dict[str, Contact] = {}
-        pending_in: set[str] = set()
+        pending_in = set(strangers)
         for row in rows:
             contact, pending = _contact(row, contacts)
             contacts[contact.jid] = contact
             if pending in _PENDING_IN:
                 pending_in.add(contact.jid)
         return StoredRoster(contacts, frozenset(pending_in))
+
+    async def _pending_strangers(self, user: str) -> list[str]:
+        """Requests from people not in the roster: ejabberd keeps them as items that
+        get_roster leaves out (subscription none, pending in), and offers them to the user at
+        every login. process_rosteritems sees them (Mnesia roster storage only)."""
+        if self._no_rosteritems:
+            return []
+        try:
+            found = await self._call("process_rosteritems", _pending_query(user), optional=True)
+        except _ApiFailedError as exc:
+            self._no_rosteritems = True
+            log.error(  # noqa: TRY400 -- an expected answer, its traceback says nothing
+                "store.pending_requests_unseen",
+                error=str(exc),
+                hint="allow process_rosteritems in api_permissions (deploy/ejabberd/); without "
+                "it, pending requests from strangers are not repaired",
+            )
+            return []
+        return [str(entry["contact"]) for entry in found if isinstance(entry, dict)]
 
     async def write(self, user: str, contact: Contact) -> None:
         username, _, host = user.partition("@")
@@ -177,12 +206,16 @@ class AdminApiRosterStore:
         )
 
     async def clear_pending(self, user: str, jids: Sequence[str]) -> None:
-        # ejabberd keeps a pending request on the item itself; writing the item again as it
-        # is stored resets it. Items of strangers were removed by the sync already.
+        # A request on a contact's item is reset by writing the item again as it is stored; a
+        # stranger's request is an item of its own, removed like any item. (Not with
+        # process_rosteritems: it bypasses ejabberd's roster cache, which would still offer
+        # the request at the next login.)
         stored = await self.read(user)
         for jid in jids:
             if (contact := stored.contacts.get(jid)) is not None:
                 await self.write(user, contact)
+            else:
+                await self.remove(user, jid)
 
     async def announce(self, user: str, added: Sequence[str], removed: Sequence[str]) -> None:
         # add_rosteritem and delete_rosteritem route presence themselves.
@@ -201,11 +234,14 @@ class AdminApiRosterStore:
             raise _ApiFailedError(command, 200, f"answered {result!r}")
         return result
 
-    async def _call(self, command: str, args: dict[str, Any], *, failures: bool = False) -> Any:
+    async def _call(
+        self, command: str, args: dict[str, Any], *, failures: bool = False, optional: bool = False
+    ) -> Any:
         """POST one command; its decoded answer.
 
-        Network trouble and authorization problems make the store unavailable (readiness);
-        other error answers are StoreError, or _ApiFailedError when ``failures`` is set.
+        Network trouble and authorization problems make the store unavailable (readiness),
+        except for an ``optional`` command, whose refusal is only _ApiFailedError. Other error
+        answers are StoreError, or _ApiFailedError when ``failures`` is set.
         """
         try:
             async with self._get_session().post(f"{self._url}/{command}", json=args) as response:
@@ -219,6 +255,8 @@ class AdminApiRosterStore:
             unreachable = f"ejabberd API at {self._url} unreachable: {exc}"
             self._set_problem(unreachable)
             raise StoreUnavailableError(unreachable) from None
+        if optional and status in {401, 403, 404}:
+            raise _ApiFailedError(command, status, text)
         problem: str | None = None
         if status in {401, 403}:
             problem = (
@@ -248,11 +286,16 @@ class AdminApiRosterStore:
         # Created on first use: a ClientSession belongs to the loop running when it is made.
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                auth=self._auth,
+                headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
                 connector=aiohttp.TCPConnector(limit=self._concurrency),
             )
         return self._session
+
+
+def _pending_query(user: str) -> dict[str, str]:
+    """process_rosteritems arguments listing pending requests to ``user`` from strangers."""
+    return {"action": "list", "subs": "none", "asks": "in", "users": user, "contacts": "any"}
 
 
 def _write_error(exc: _ApiFailedError) -> StoreError:

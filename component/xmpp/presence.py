@@ -6,6 +6,7 @@ every client that holds a roster.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from component.xmpp.link import STREAM_NS
@@ -26,15 +27,30 @@ class OnlineUsers:
         self._on_available = on_available
         # user bare JID -> full JIDs of their sessions
         self._resources: dict[str, set[str]] = {}
+        # user bare JID -> when their last session was reported gone (time.monotonic()).
+        # Some servers (ejabberd) also copy us the unavailable presence a subscription change
+        # makes one user send another, which looks like going offline but is not: callers
+        # that must not miss an online user ask for those seen within a while, too.
+        self._departed: dict[str, float] = {}
         link.handle("user presence", f"{{{STREAM_NS}}}presence", self._on_presence)
         link.on_state(self._on_link)
 
-    def online_users(self) -> list[str]:
-        """Usernames with a session we know of."""
-        return [bare.partition("@")[0] for bare in self._resources]
+    def online_users(self, since: float | None = None) -> list[str]:
+        """Usernames with a session we know of, and those last seen after ``since``."""
+        users = set(self._resources)
+        if since is not None:
+            for bare, gone in list(self._departed.items()):
+                if gone >= since:
+                    users.add(bare)
+                else:
+                    del self._departed[bare]  # forgotten once no caller looks that far back
+        return [bare.partition("@")[0] for bare in users]
 
-    def is_online(self, username: str) -> bool:
-        return f"{username}@{self._domain}" in self._resources
+    def is_online(self, username: str, since: float | None = None) -> bool:
+        bare = f"{username}@{self._domain}"
+        if bare in self._resources:
+            return True
+        return since is not None and self._departed.get(bare, since - 1) >= since
 
     def resources(self, user: str) -> list[str]:
         """The full JIDs of ``user`` (a bare JID), sorted."""
@@ -43,6 +59,7 @@ class OnlineUsers:
     def track(self, full: JID) -> None:
         # Online, or asked us for its roster: either way it holds a roster to keep current.
         self._resources.setdefault(full.bare, set()).add(full.full)
+        self._departed.pop(full.bare, None)
 
     def forget(self, full: JID) -> None:
         resources = self._resources.get(full.bare)
@@ -50,11 +67,13 @@ class OnlineUsers:
             resources.discard(full.full)
             if not resources:
                 del self._resources[full.bare]
+                self._departed[full.bare] = time.monotonic()
 
     def _on_link(self, connected: bool) -> None:
         if not connected:
             # The server replays every online session's presence when we are back.
             self._resources.clear()
+            self._departed.clear()
 
     def _on_presence(self, presence: Any) -> None:
         sender: JID = presence["from"]

@@ -355,6 +355,13 @@ class EjabberdServer:
             free_ports(5)
         )
 
+    def server_section(self) -> dict[str, object]:
+        """The component's [server] section for this server (see tests/harness/component.py)."""
+        section: dict[str, object] = {"kind": "ejabberd", "api_url": self.api_url}
+        if self.api_auth:
+            section.update(api_user=self.api_user, api_password=self.api_password)
+        return section
+
     @property
     def api_url(self) -> str:
         """The admin API's base URL: POST {api_url}/<command> with JSON arguments."""

@@ -1,5 +1,11 @@
-"""The whole system for end-to-end tests: a real Prosody, the fake web app, the component
-(in-process, on the same event loop) and real clients."""
+"""The whole system for end-to-end tests: a real server (Prosody 0.12 or 13, delegated or not;
+ejabberd 23.01 or 24.12), the fake web app, the component (in-process, on the same event loop)
+and real clients.
+
+Tests that ask for ``system`` run once per target (``TARGETS``); ``@delegated_only`` keeps a
+test to the targets whose roster requests are delegated to the component, ``@ejabberd_only``
+to the ejabberd ones.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,14 @@ import asyncio
 import contextlib
 import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import pytest
 
 from component import config
 from component.app import Application
+from tests.harness import ejabberd, prosody
 from tests.harness.component import write_component_config
 from tests.harness.webapp import FakeWebApp
 from tests.harness.xmpp_client import TestClient, connected_client
@@ -23,7 +30,8 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
-    from tests.harness.prosody import ProsodyServer, ServerFactory
+    from tests.harness.component import ComponentTarget
+    from tests.integration.ejabberd_fixtures import SharedServers
 
 
 DOMAIN = "example.test"
@@ -54,11 +62,49 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float 
             await asyncio.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class Target:
+    """One server build, and mode, that the end-to-end tests run against."""
+
+    kind: Literal["prosody", "ejabberd"]
+    build: str
+    delegated: bool
+
+    @property
+    def id(self) -> str:
+        mode = "delegated" if self.delegated else "server-answers"
+        return f"{self.kind}-{self.build}-{mode}"
+
+
+TARGETS = (
+    *(Target("prosody", b, delegated) for b in prosody.BUILD_NAMES for delegated in (True, False)),
+    # Never delegated: ejabberd drops its roster handler when a delegated component leaves.
+    *(Target("ejabberd", b, delegated=False) for b in ejabberd.BUILD_NAMES),
+)
+delegated_only = pytest.mark.delegated_only
+ejabberd_only = pytest.mark.ejabberd_only
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "target" not in metafunc.fixturenames:
+        return
+    targets = list(TARGETS)
+    if metafunc.definition.get_closest_marker("delegated_only") is not None:
+        targets = [t for t in targets if t.delegated]
+    if metafunc.definition.get_closest_marker("ejabberd_only") is not None:
+        targets = [t for t in targets if t.kind == "ejabberd"]
+    metafunc.parametrize("target", targets, ids=[t.id for t in targets])
+
+
+Server = prosody.ProsodyServer | ejabberd.EjabberdServer
+
+
 @dataclass
 class System:
     """Everything a test talks to, with helpers for the common moves."""
 
-    server: ProsodyServer
+    target: Target
+    server: Server
     webapp: FakeWebApp
     config_path: Path
     http: aiohttp.ClientSession
@@ -67,7 +113,21 @@ class System:
 
     @property
     def delegated(self) -> bool:
-        return self.server.delegate_roster
+        return self.target.delegated
+
+    async def stop_server(self) -> None:
+        if isinstance(self.server, prosody.ProsodyServer):
+            await self.server.stop()
+        else:
+            await asyncio.to_thread(self.server.stop)
+
+    async def start_server(self) -> None:
+        """Start the stopped server again, with its users and rosters."""
+        if isinstance(self.server, prosody.ProsodyServer):
+            await self.server.start()
+        else:
+            # On this thread: the VM is tied to the thread that starts it (kill with parent).
+            self.server.start()
 
     @property
     def url(self) -> str:
@@ -126,12 +186,6 @@ class System:
         self.webapp.rosters[user] = list(roster) if isinstance(roster, list) else dict(roster)
 
 
-@pytest.fixture(params=[True, False], ids=["delegated", "server-answers"])
-def delegate_roster(request: pytest.FixtureRequest) -> bool:
-    """Both ways of running: roster requests delegated to the component, or not."""
-    return bool(request.param)
-
-
 @pytest.fixture(name="webapp")
 async def fixture_webapp() -> AsyncIterator[FakeWebApp]:
     async with FakeWebApp() as webapp:
@@ -139,7 +193,7 @@ async def fixture_webapp() -> AsyncIterator[FakeWebApp]:
 
 
 def write_config(
-    path: Path, server: ProsodyServer, webapp: FakeWebApp, /, **overrides: Mapping[str, object]
+    path: Path, server: ComponentTarget, webapp: FakeWebApp, /, **overrides: Mapping[str, object]
 ) -> Path:
     """The component's config for tests (quick timeouts, debug logs, reconciliation off);
     ``overrides`` change single keys: ``sync={"reconcile_interval": 2}``."""
@@ -155,18 +209,57 @@ def write_config(
     return write_component_config(path, server, webapp.url_template, **sections)
 
 
+@contextlib.asynccontextmanager
+async def running_server(
+    target: Target, workdir: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Server]:
+    """The target's server with USERS registered (and nothing else left from other tests)."""
+    if target.kind == "prosody":
+        server = prosody.ProsodyServer(
+            prosody.require_build(target.build), workdir, delegate_roster=target.delegated
+        )
+        await server.start()
+        try:
+            await asyncio.gather(*(server.register(user, PASSWORD) for user in USERS))
+            yield server
+        finally:
+            await server.stop()
+            if failed(request):
+                print(f"\n{server!r}\n{server.log_tail(80)}")  # noqa: T201 - shown on failure
+        return
+    shared: SharedServers = request.getfixturevalue("ejabberd_servers")
+    server_ = shared.get(ejabberd.require_build(target.build))
+    since = server_.log_size()
+    # The server is shared by the session: accounts (and with them rosters) start afresh.
+    for user in USERS:
+        with contextlib.suppress(ejabberd.EjabberdApiError):
+            await server_.unregister(user)
+        await server_.register(user, PASSWORD)
+    try:
+        yield server_
+    finally:
+        if not server_.running:
+            server_.start()
+        if failed(request):
+            print(f"\n{server_!r}\n{server_.log_since(since)[-30_000:]}")  # noqa: T201
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    report = getattr(request.node, "report_call", None)  # set by tests/conftest.py
+    return report is not None and bool(report.failed)
+
+
 @pytest.fixture(name="system")
 async def fixture_system(
-    prosody_factory: ServerFactory,
-    webapp: FakeWebApp,
-    delegate_roster: bool,
-    tmp_path: Path,
+    target: Target, webapp: FakeWebApp, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[System]:
-    """Prosody (in the given mode) with users registered, the web app and a ready component."""
-    server = await prosody_factory(delegate_roster=delegate_roster)
-    await asyncio.gather(*(server.register(user, PASSWORD) for user in USERS))
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        system = System(server, webapp, write_config(tmp_path / "c.toml", server, webapp), http)
+    """The target's server with users registered, the web app and a ready component."""
+    async with (
+        running_server(target, tmp_path / "server", request) as server,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+    ):
+        config_path = write_config(tmp_path / "c.toml", server, webapp)
+        system = System(target, server, webapp, config_path, http)
         await system.start_component()
         try:
             yield system

@@ -69,7 +69,7 @@ class Accounts:
         self.users.clear()
 
 
-def _print_log_on_failure(
+def print_log_on_failure(
     request: pytest.FixtureRequest, server: EjabberdServer, since: int
 ) -> None:
     report = getattr(request.node, "report_call", None)  # set by tests/conftest.py
@@ -90,25 +90,45 @@ def ejabberd_build(request: pytest.FixtureRequest) -> EjabberdBuild:
     pytest.fail(message, pytrace=False)
 
 
+class SharedServers:
+    """One server per build for the whole session, started when first asked for."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp_path_factory = tmp_path_factory
+        self._servers: dict[str, EjabberdServer] = {}
+
+    def get(self, build: EjabberdBuild) -> EjabberdServer:
+        """The build's shared server, running (started again if a test stopped it)."""
+        server = self._servers.get(build.name)
+        if server is None:
+            server = EjabberdServer(build, self._tmp_path_factory.mktemp(build.id))
+            self._servers[build.name] = server
+        if not server.running:
+            server.start()
+        return server
+
+    def stop_all(self) -> None:
+        for server in self._servers.values():
+            server.stop()
+
+
 @pytest.fixture(scope="session")
-def ejabberd_shared(
-    ejabberd_build: EjabberdBuild, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[EjabberdServer]:
-    """The server of this build that the session's tests share."""
-    with EjabberdServer(ejabberd_build, tmp_path_factory.mktemp(ejabberd_build.id)) as server:
-        yield server
+def ejabberd_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServers]:
+    """The session's shared servers, by build (for fixtures that pick the build themselves)."""
+    servers = SharedServers(tmp_path_factory)
+    yield servers
+    servers.stop_all()
 
 
 @pytest.fixture
 def ejabberd(
-    ejabberd_shared: EjabberdServer, request: pytest.FixtureRequest
+    ejabberd_build: EjabberdBuild, ejabberd_servers: SharedServers, request: pytest.FixtureRequest
 ) -> Iterator[EjabberdServer]:
     """The shared server, running (started again if an earlier test stopped it)."""
-    if not ejabberd_shared.running:
-        ejabberd_shared.start()
-    since = ejabberd_shared.log_size()
-    yield ejabberd_shared
-    _print_log_on_failure(request, ejabberd_shared, since)
+    server = ejabberd_servers.get(ejabberd_build)
+    since = server.log_size()
+    yield server
+    print_log_on_failure(request, server, since)
 
 
 @pytest.fixture
@@ -148,4 +168,4 @@ def ejabberd_factory(
     yield start
     for server in servers:
         server.stop()
-        _print_log_on_failure(request, server, 0)
+        print_log_on_failure(request, server, 0)

@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from tests.harness.xmpp_client import TestComponent
     from tests.integration.ejabberd_fixtures import Accounts
 
-# Until tests/conftest.py lists it (pytest only reads pytest_plugins there and in test modules).
-pytest_plugins = ("tests.integration.ejabberd_fixtures",)
 
 REFUSAL = "Access denied by service policy"
 #: What the shipped file grants the component (XEP-0356 access -> type).

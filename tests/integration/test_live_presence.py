@@ -7,18 +7,20 @@ removal shows them go away, and a roster changed behind the web app's back is pu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from tests.harness.prosody import ProsodyServer
 from tests.harness.xmpp_client import connected_client
 from tests.integration.conftest import PASSWORD, System, eventually, item, jid, write_config
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 
     from tests.harness.xmpp_client import Received, TestClient
 
@@ -36,6 +38,10 @@ async def presence_from(client: TestClient, sender: str, kind: str, after: float
     )
 
 
+def echo_of(sender: str, show: str) -> Callable[[Received], bool]:
+    return lambda p: p.sender == sender and p.show == show
+
+
 @contextlib.asynccontextmanager
 async def online(system: System) -> AsyncIterator[tuple[TestClient, TestClient, TestClient]]:
     """alice on two resources (away, dnd) and bob (chat), logged in, strangers to each other."""
@@ -48,9 +54,15 @@ async def online(system: System) -> AsyncIterator[tuple[TestClient, TestClient, 
     ):
         for client in (alice, phone, bob):
             await system.logged_in_roster(client)
-        await alice.send_presence(show="away", status="at lunch")
-        await phone.send_presence(show="dnd", status="driving")
-        await bob.send_presence(show="chat", status="hello")
+        for client, show, status in (
+            (alice, "away", "at lunch"),
+            (phone, "dnd", "driving"),
+            (bob, "chat", "hello"),
+        ):
+            await client.send_presence(show=show, status=status)
+            # The server echoes a presence to its sender once it is the session's presence:
+            # only then is it what contacts are sent.
+            await client.wait_for_presence(echo_of(client.jid, show))
         yield alice, phone, bob
 
 
@@ -104,16 +116,25 @@ async def test_removed_contacts_see_each_other_go_offline_at_once(system: System
         assert max(p.at for p in seen) - replied < PRESENCE_DELAY
 
 
-# Edits alice's roster inside the running server, as an admin's console edit would: bob's
-# subscription degraded, carol removed, a stranger added with a pending request.
-DRIFT = (
-    'local rm = require "core.rostermanager"; '
-    'local r = rm.load_roster("alice", "example.test"); '
-    'r["bob@example.test"].subscription = "to"; '
-    'r["carol@example.test"] = nil; '
-    'r["mallory@example.test"] = { subscription = "none", ask = "subscribe", groups = {} }; '
-    'return rm.save_roster("alice", "example.test", r)'
-)
+async def drift_alice(system: System) -> None:
+    """Change alice's roster inside the running server, as an admin's edit would: bob's
+    subscription degraded, carol removed, a stranger added (with a pending request where the
+    server's tools can make one)."""
+    server = system.server
+    if isinstance(server, ProsodyServer):
+        await server.shell(
+            'local rm = require "core.rostermanager"; '
+            'local r = rm.load_roster("alice", "example.test"); '
+            'r["bob@example.test"].subscription = "to"; '
+            'r["carol@example.test"] = nil; '
+            'r["mallory@example.test"] = '
+            '{ subscription = "none", ask = "subscribe", groups = {} }; '
+            'return rm.save_roster("alice", "example.test", r)'
+        )
+    else:
+        await server.add_roster_item("alice", jid("bob"), name="Bob", subscription="to")
+        await server.remove_roster_item("alice", jid("carol"))
+        await server.add_roster_item("alice", "mallory@example.test", subscription="none")
 
 
 async def test_drift_is_repaired_by_the_periodic_reconciliation(system: System) -> None:
@@ -134,7 +155,7 @@ async def test_drift_is_repaired_by_the_periodic_reconciliation(system: System) 
     async with system.client("alice") as alice:
         await system.logged_in_roster(alice)
         with capture_logs() as logs:
-            await system.server.shell(DRIFT)
+            await drift_alice(system)
             drifted = time.monotonic()
             assert sorted(await syncer.current_roster("alice")) == [
                 jid("bob"),
@@ -161,3 +182,56 @@ async def test_drift_is_repaired_by_the_periodic_reconciliation(system: System) 
         assert changed["mallory@example.test"][1] is None
         # What the client is served now is the web app's truth again.
         assert await alice.get_roster() == system.expected
+
+
+async def test_subscription_stanzas_leave_no_trace(system: System) -> None:
+    """Users' subscription stanzas never leave a roster changed for long: Prosody's rules block
+    them; what ejabberd lets through (bob's unsubscribe degrading "both", a stranger's pending
+    request) is put back by the reconciliation, and logged as a repair."""
+    await system.stop_component()
+    write_config(
+        system.config_path,
+        system.server,
+        system.webapp,
+        sync={"reconcile_interval": RECONCILE_INTERVAL},
+    )
+    await system.start_component()
+    assert system.app is not None
+    store = system.app.store
+    system.set_roster("alice", {jid("bob"): {"name": "Bob"}})
+    system.set_roster("bob", {jid("alice"): {"name": "Alice"}})
+    assert (await system.refresh(["alice", "bob"]))[1]["updated"] == 2
+    async with system.client("alice") as alice, system.client("bob") as bob:
+        for client in (alice, bob):
+            await client.send_presence()
+        async with system.client("dave") as dave:
+            with capture_logs() as logs:
+                await dave.send_subscription(jid("alice"), "subscribe")
+                await bob.send_subscription(jid("alice"), "unsubscribe")
+                await bob.send_subscription(jid("alice"), "unsubscribed")
+                # A round trip on each sender's stream: the server has taken their stanzas.
+                await dave.get_roster()
+                await bob.get_roster()
+                if system.target.kind == "ejabberd":
+                    await eventually(
+                        lambda: bool(repaired(logs, "alice")), within=RECONCILE_INTERVAL * 3
+                    )
+                    [event] = repaired(logs, "alice")
+                    assert {entry["jid"] for entry in event["items"]} >= {jid("bob"), jid("dave")}
+                else:
+                    await asyncio.sleep(RECONCILE_INTERVAL * 1.5)
+                    assert not repaired(logs, "alice")
+            stored = await store.read(jid("alice"))
+            assert not stored.pending_in
+            assert {c: (v.subscription, v.ask) for c, v in stored.contacts.items()} == {
+                jid("bob"): ("both", False)
+            }
+    async with system.client("alice") as alice:
+        await alice.send_presence()
+        # Not offered again at login: the stranger's request is gone for good.
+        with pytest.raises(TimeoutError):
+            await alice.wait_for_presence(lambda p: p.type == "subscribe", timeout=1.0)
+
+
+def repaired(logs: Sequence[MutableMapping[str, Any]], user: str) -> list[MutableMapping[str, Any]]:
+    return [e for e in logs if e["event"] == "roster.repaired" and e["user"] == jid(user)]

@@ -12,7 +12,14 @@ from structlog.testing import capture_logs
 
 from component import stanzas
 from tests.harness.xmpp_client import StanzaError
-from tests.integration.conftest import System, eventually, item, jid, write_config
+from tests.integration.conftest import (
+    System,
+    delegated_only,
+    eventually,
+    item,
+    jid,
+    write_config,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -26,8 +33,6 @@ ALICE_ROSTER = {
     jid("bob"): {"name": "Bob", "groups": ["Friends", "Team"]},
     jid("carol"): {"name": "Carol"},
 }
-# For what only happens when the component answers users' roster requests itself.
-delegated_only = pytest.mark.parametrize("delegate_roster", [True], ids=["delegated"])
 
 ALICE_EXPECTED = {
     jid("bob"): item("Bob", ["Friends", "Team"]),
@@ -178,13 +183,13 @@ async def test_refresh_gets_503_while_the_xmpp_link_is_down(alice_roster: System
     """Server gone: refresh answers 503 and does nothing; back again: the component recovers."""
     system = alice_roster
     assert system.app is not None
-    await system.server.stop()
+    await system.stop_server()
     app = system.app
     await eventually(lambda: not app.readiness.ready)
     status, body = await system.refresh(["alice"])
     assert (status, body["status"]) == (503, "error")
     assert system.webapp.requests == []
-    await system.server.start()
+    await system.start_server()
     async with asyncio.timeout(15):
         await app.readiness.wait_ready()
     status, body = await system.refresh(["alice"])

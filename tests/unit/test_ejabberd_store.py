@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from component.errors import ItemRefusedError, StoreError, StoreUnavailableError, UnknownUserError
 from component.roster import Contact
@@ -33,6 +34,9 @@ class FakeApi:
         self.rosters: dict[str, dict[str, dict[str, Any]]] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.status: int | None = None  # force every answer to this status
+        # Requests from strangers: items get_roster leaves out (user -> contacts).
+        self.hidden: dict[str, set[str]] = {}
+        self.refused_commands: set[str] = set()  # answered 403
         self.url = ""
         self._port = 0
         self._runner: web.AppRunner | None = None
@@ -58,6 +62,8 @@ class FakeApi:
         self.calls.append((command, args))
         if self.status is not None:
             return web.Response(status=self.status, text='"forced"')
+        if command in self.refused_commands:
+            return web.Response(status=403, text='{"code": 32}')
         answer = getattr(self, f"_{command}")(args)
         if isinstance(answer, web.Response):
             return answer
@@ -94,8 +100,17 @@ class FakeApi:
         }  # fmt: skip
         return 0
 
+    def _process_rosteritems(self, args: dict[str, Any]) -> list[dict[str, str]]:
+        assert (args["subs"], args["asks"]) == ("none", "in")
+        user = args["users"].partition("@")[0]
+        hidden = self.hidden.get(user, set())
+        assert (args["action"], args["contacts"]) == ("list", "any")
+        return [{"user": args["users"], "contact": c} for c in sorted(hidden)]
+
     def _delete_rosteritem(self, args: dict[str, Any]) -> int:
-        self.rosters.get(args["localuser"], {}).pop(f"{args['user']}@{args['host']}", None)
+        jid = f"{args['user']}@{args['host']}"
+        self.rosters.get(args["localuser"], {}).pop(jid, None)
+        self.hidden.get(args["localuser"], set()).discard(jid)
         return 0
 
 
@@ -228,3 +243,26 @@ async def test_server_errors_fail_the_sync(store: AdminApiRosterStore, api: Fake
         await store.write(ALICE, Contact(BOB))
     assert not isinstance(raised.value, ItemRefusedError)
     assert json.dumps("forced") in str(raised.value)
+
+
+async def test_requests_from_strangers_are_seen_and_dropped(
+    store: AdminApiRosterStore, api: FakeApi
+) -> None:
+    """Pending requests that get_roster hides are found (process_rosteritems) and dropped."""
+    api.hidden["alice"] = {"eve@x.test", "mallory@y.test"}
+    assert (await store.read(ALICE)).pending_in == {"eve@x.test", "mallory@y.test"}
+    await store.clear_pending(ALICE, ["eve@x.test"])
+    assert api.hidden["alice"] == {"mallory@y.test"}
+
+
+async def test_without_process_rosteritems_the_rest_still_works(
+    store: AdminApiRosterStore, api: FakeApi
+) -> None:
+    """An API that does not allow it: said once, rosters still sync, the store stays ready."""
+    api.refused_commands.add("process_rosteritems")
+    await store.write(ALICE, Contact(BOB))
+    with capture_logs() as logs:
+        assert list((await store.read(ALICE)).contacts) == [BOB]
+        await store.read(ALICE)
+    assert [e["event"] for e in logs] == ["store.pending_requests_unseen"]
+    assert store.problem() is None

@@ -19,10 +19,12 @@ class Users:
         self.online = set(names)
         self.ready = True
 
-    def online_users(self) -> list[str]:
+    def online_users(self, since: float | None = None) -> list[str]:
+        del since
         return list(self.online)
 
-    def is_online(self, username: str) -> bool:
+    def is_online(self, username: str, since: float | None = None) -> bool:
+        del since
         return username in self.online
 
 

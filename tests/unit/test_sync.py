@@ -34,6 +34,12 @@ class MemoryStore:
     def problem(self) -> str | None:
         return None
 
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
     async def read(self, user: str) -> StoredRoster:
         await asyncio.sleep(0)
         return StoredRoster(dict(self.rosters.get(user, {})), self.pending.get(user, frozenset()))

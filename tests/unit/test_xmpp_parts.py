@@ -7,6 +7,7 @@ would send and records the IQs they send.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
@@ -168,6 +169,22 @@ def test_presence_not_from_a_users_session_is_ignored(
     link.handlers["user presence"](presence(sender))
     assert online.online_users() == []
     assert available == []
+
+
+def test_users_who_seemed_to_leave_are_still_found_for_a_while(
+    link: FakeLink, online: OnlineUsers
+) -> None:
+    """An unavailable copy may only mean a subscription changed: asked with ``since``, the
+    user still counts until that moment is past."""
+    link.handlers["user presence"](presence(f"{ALICE}/phone"))
+    link.handlers["user presence"](presence(f"{ALICE}/phone", "unavailable"))
+    assert online.online_users() == []
+    before = time.monotonic() - 60
+    assert online.online_users(since=before) == ["alice"]
+    assert online.is_online("alice", since=before)
+    assert not online.is_online("alice", since=time.monotonic() + 1)
+    assert online.online_users(since=time.monotonic() + 1) == []
+    assert online.online_users(since=before) == []  # forgotten once nobody looked back
 
 
 def test_who_is_online_is_forgotten_with_the_stream(link: FakeLink, online: OnlineUsers) -> None:
