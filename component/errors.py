@@ -53,7 +53,7 @@ class StoreUnavailableError(StoreError):
     """The server cannot be asked now (link or API down, no answer in time); retry later."""
 
 
-# --- the XMPP link (below the store: only stores and the XMPP parts see these) -------------
+# --- below the store: only stores and the XMPP parts see these ------------------------------
 
 
 class IqRefusedError(Exception):
@@ -66,3 +66,12 @@ class IqRefusedError(Exception):
 
 class IqUnansweredError(Exception):
     """An IQ could not be sent (the link is down) or got no answer in time."""
+
+
+class ApiFailedError(Exception):
+    """ejabberd's admin API answered with an error (below the store, like the two above)."""
+
+    def __init__(self, command: str, status: int, text: str) -> None:
+        super().__init__(f"ejabberd API {command}: HTTP {status}: {text[:200]}")
+        self.status = status
+        self.text = text

@@ -22,6 +22,7 @@ import aiohttp
 import structlog
 
 from component.errors import (
+    ApiFailedError,
     ItemRefusedError,
     StoreError,
     StoreUnavailableError,
@@ -42,15 +43,6 @@ _PROBE_USER = "http-roster-admin-probe"
 _ACCOUNT_EXISTS = 0
 _PENDING_OUT = frozenset({"out", "both"})
 _PENDING_IN = frozenset({"in", "both"})
-
-
-class _ApiFailedError(Exception):
-    """The API answered with an error status; ``status`` and the answer's text say which."""
-
-    def __init__(self, command: str, status: int, text: str) -> None:
-        super().__init__(f"ejabberd API {command}: HTTP {status}: {text[:200]}")
-        self.status = status
-        self.text = text
 
 
 class AdminApiRosterStore:
@@ -155,7 +147,7 @@ class AdminApiRosterStore:
             return []
         try:
             found = await self._call("process_rosteritems", _pending_query(user), optional=True)
-        except _ApiFailedError as exc:
+        except ApiFailedError as exc:
             self._no_rosteritems = True
             log.error(  # noqa: TRY400 -- an expected answer, its traceback says nothing
                 "store.pending_requests_unseen",
@@ -182,7 +174,7 @@ class AdminApiRosterStore:
             if not self._joined_groups:
                 await self._command("add_rosteritem", {**args, "groups": groups})
                 return
-        except _ApiFailedError as exc:
+        except ApiFailedError as exc:
             if "missing argument: group" not in exc.text:
                 raise _write_error(exc) from None
             log.info("store.api_shape", groups="one string", why="ejabberd before 24")
@@ -193,7 +185,7 @@ class AdminApiRosterStore:
             )
         try:
             await self._command("add_rosteritem", {**args, "group": ";".join(groups)})
-        except _ApiFailedError as exc:
+        except ApiFailedError as exc:
             raise _write_error(exc) from None
 
     async def remove(self, user: str, jid: str) -> None:
@@ -228,10 +220,10 @@ class AdminApiRosterStore:
             raise UnknownUserError(f"ejabberd has no account {username}@{host}")
 
     async def _command(self, command: str, args: dict[str, Any]) -> Any:
-        """A write: any answer but 0 is a refusal (raised as _ApiFailedError)."""
+        """A write: any answer but 0 is a refusal (raised as ApiFailedError)."""
         result = await self._call(command, args, failures=True)
         if result != 0:
-            raise _ApiFailedError(command, 200, f"answered {result!r}")
+            raise ApiFailedError(command, 200, f"answered {result!r}")
         return result
 
     async def _call(
@@ -240,8 +232,8 @@ class AdminApiRosterStore:
         """POST one command; its decoded answer.
 
         Network trouble and authorization problems make the store unavailable (readiness),
-        except for an ``optional`` command, whose refusal is only _ApiFailedError. Other error
-        answers are StoreError, or _ApiFailedError when ``failures`` is set.
+        except for an ``optional`` command, whose refusal is only ApiFailedError. Other error
+        answers are StoreError, or ApiFailedError when ``failures`` is set.
         """
         try:
             async with self._get_session().post(f"{self._url}/{command}", json=args) as response:
@@ -256,7 +248,7 @@ class AdminApiRosterStore:
             self._set_problem(unreachable)
             raise StoreUnavailableError(unreachable) from None
         if optional and status in {401, 403, 404}:
-            raise _ApiFailedError(command, status, text)
+            raise ApiFailedError(command, status, text)
         problem: str | None = None
         if status in {401, 403}:
             problem = (
@@ -273,7 +265,7 @@ class AdminApiRosterStore:
             raise StoreUnavailableError(problem)
         self._set_problem(None)
         if status != 200:
-            error = _ApiFailedError(command, status, text)
+            error = ApiFailedError(command, status, text)
             if failures:
                 raise error
             raise StoreError(str(error))
@@ -298,7 +290,7 @@ def _pending_query(user: str) -> dict[str, str]:
     return {"action": "list", "subs": "none", "asks": "in", "users": user, "contacts": "any"}
 
 
-def _write_error(exc: _ApiFailedError) -> StoreError:
+def _write_error(exc: ApiFailedError) -> StoreError:
     """A refused item (the others may still go in), unless the server itself failed."""
     return StoreError(str(exc)) if exc.status >= 500 else ItemRefusedError(str(exc))
 
