@@ -79,6 +79,7 @@ class Application:
             config.users.domain,
             concurrency=config.sync.concurrency,
             max_age=config.sync.max_age,
+            write_window=config.sync.write_window,
             on_change=self.pusher.push,
         )
         # A quarter of the sync slots at most: refreshes and logins come first.

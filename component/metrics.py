@@ -25,3 +25,9 @@ READY = Gauge(
     "1 when the XMPP link is up and the needed privileges are granted.",
     registry=REGISTRY,
 )
+SERVER_REQUESTS = Counter(
+    "component_server_requests",
+    "Requests the component made to the XMPP server: IQs on the stream, or admin API calls.",
+    ["kind"],
+    registry=REGISTRY,
+)

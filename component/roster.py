@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,8 +19,11 @@ __all__ = [
     "Roster",
     "RosterDiff",
     "StoredRoster",
+    "apply",
     "diff",
+    "digest",
     "parse_webapp_roster",
+    "version",
 ]
 
 
@@ -137,6 +141,33 @@ def diff(current: Roster, desired: Roster) -> RosterDiff:
         ),
         removals=tuple(sorted(current.keys() - desired.keys())),
     )
+
+
+def apply(roster: Roster, changes: RosterDiff) -> dict[str, Contact]:
+    """``roster`` once ``changes`` are written into it."""
+    removed = set(changes.removals)
+    result = {jid: c for jid, c in roster.items() if jid not in removed}
+    result.update((c.jid, c) for c in changes.upserts)
+    return result
+
+
+def version(roster: Roster) -> str:
+    """The roster's version string for XEP-0237: the same roster always has the same one."""
+    return digest(roster).hex()
+
+
+def digest(roster: Roster) -> bytes:
+    """A short fingerprint of a whole roster: equal exactly when every stored field is.
+
+    Kept per user instead of the roster itself (16 bytes, not kilobytes), to tell an unchanged
+    roster from a changed one without asking the server; also a roster version (XEP-0237).
+    """
+    hasher = hashlib.blake2b(digest_size=16)
+    for jid, contact in sorted(roster.items()):
+        fields = (jid, contact.name or "", *sorted(contact.groups), contact.subscription)
+        # Lengths first: "a","bc" and "ab","c" must not hash alike.
+        hasher.update(repr((len(fields), [len(f) for f in fields], fields, contact.ask)).encode())
+    return hasher.digest()
 
 
 def _contact_jid(key: object, owner_jid: str, warnings: list[str]) -> str | None:

@@ -37,9 +37,10 @@ def _q(ns: str, tag: str) -> str:
 # --- roster queries (RFC 6121 section 2) ---------------------------------------------------
 
 
-def roster_query(contacts: Roster | None = None) -> ET.Element:
-    """A ``<query xmlns='jabber:iq:roster'>`` listing ``contacts`` (empty for a GET)."""
-    query = ET.Element(_q(ROSTER_NS, "query"))
+def roster_query(contacts: Roster | None = None, ver: str | None = None) -> ET.Element:
+    """A ``<query xmlns='jabber:iq:roster'>`` listing ``contacts`` (empty for a GET), with the
+    roster version (XEP-0237) when given."""
+    query = ET.Element(_q(ROSTER_NS, "query"), {} if ver is None else {"ver": ver})
     for contact in sorted((contacts or {}).values(), key=lambda c: c.jid):
         query.append(roster_item(contact))
     return query
@@ -57,9 +58,9 @@ def roster_item(contact: Contact) -> ET.Element:
     return item
 
 
-def roster_removal(jid: str) -> ET.Element:
-    """A roster query removing ``jid``."""
-    query = ET.Element(_q(ROSTER_NS, "query"))
+def roster_removal(jid: str, ver: str | None = None) -> ET.Element:
+    """A roster query removing ``jid`` (a push carries the version it leads to)."""
+    query = ET.Element(_q(ROSTER_NS, "query"), {} if ver is None else {"ver": ver})
     ET.SubElement(query, _q(ROSTER_NS, "item"), {"jid": jid, "subscription": "remove"})
     return query
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
+from component import metrics
 from component.errors import (
     ApiFailedError,
     ItemRefusedError,
@@ -235,6 +236,7 @@ class AdminApiRosterStore:
         except for an ``optional`` command, whose refusal is only ApiFailedError. Other error
         answers are StoreError, or ApiFailedError when ``failures`` is set.
         """
+        metrics.SERVER_REQUESTS.labels(kind="api").inc()
         try:
             async with self._get_session().post(f"{self._url}/{command}", json=args) as response:
                 text = await response.text()

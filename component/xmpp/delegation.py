@@ -14,6 +14,7 @@ import structlog
 from slixmpp.jid import JID, InvalidJID
 
 from component import metrics, stanzas
+from component.roster import version
 from component.xmpp.link import STREAM_NS
 
 if TYPE_CHECKING:
@@ -139,7 +140,13 @@ class DelegatedRosters:
             metrics.DELEGATED.labels(result="error").inc()
             bound.exception("roster.answer_failed")
             return stanzas.delegated_error(request, "wait", "internal-server-error")
-        answer = stanzas.delegated_result(request, stanzas.roster_query(roster))
+        current = version(roster)
+        if request.payload is not None and request.payload.get("ver") == current:
+            # XEP-0237: the client holds this very roster; an empty result says so.
+            metrics.DELEGATED.labels(result="unchanged").inc()
+            bound.debug("roster.answered", contacts=len(roster), unchanged=True)
+            return stanzas.delegated_result(request, None)
+        answer = stanzas.delegated_result(request, stanzas.roster_query(roster, current))
         size = len(ET.tostring(answer))
         if size > self._max_stanza_bytes:
             # The server would close our stream over it, failing every user at once.

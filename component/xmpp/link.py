@@ -17,7 +17,7 @@ from slixmpp.jid import JID
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from component import stanzas
+from component import metrics, stanzas
 from component.errors import IqRefusedError, IqUnansweredError
 
 if TYPE_CHECKING:
@@ -118,6 +118,7 @@ class ComponentLink:
             raise IqUnansweredError(f"{iq_type} to {to}: the XMPP link is down")
         iq = self._xmpp.make_iq(ito=to, ifrom=self._config.jid, itype=iq_type)
         iq.append(payload)
+        metrics.SERVER_REQUESTS.labels(kind="iq").inc()
         try:
             result = await iq.send(timeout=self._iq_timeout)
         except IqError as exc:

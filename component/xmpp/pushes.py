@@ -53,10 +53,13 @@ class RosterPusher:
         self._queues: dict[str, deque[ET.Element]] = {}
         self._senders: set[asyncio.Task[None]] = set()
 
-    def push(self, user: str, changes: RosterDiff) -> None:
+    def push(self, user: str, changes: RosterDiff, version: str) -> None:
         """Queue pushes for ``changes`` to every resource of ``user`` we know of.
 
         Only while the server delegates rosters to us: otherwise it pushes our writes itself.
+        ``version`` is the roster's version (XEP-0237) once all of them are applied: the last
+        push carries it, each earlier one a version of its own derived from it (opaque to the
+        client, which gets the whole roster if it ever comes back with one of those).
         """
         if not self._delegation.active:
             return
@@ -71,8 +74,16 @@ class RosterPusher:
                 hint='grant iq = { ["jabber:iq:roster"] = "both" } so clients get pushes',
             )
             return
-        payloads = [stanzas.roster_query({c.jid: c}) for c in changes.upserts]
-        payloads += [stanzas.roster_removal(jid) for jid in changes.removals]
+        count = len(changes.upserts) + len(changes.removals)
+        versions = [f"{version}-{n}" for n in range(1, count)] + [version]
+        payloads = [
+            stanzas.roster_query({c.jid: c}, ver)
+            for c, ver in zip(changes.upserts, versions, strict=False)
+        ]
+        payloads += [
+            stanzas.roster_removal(jid, ver)
+            for jid, ver in zip(changes.removals, versions[len(payloads) :], strict=True)
+        ]
         for resource in resources:
             queue = self._queues.get(resource)
             if queue is not None:

@@ -14,6 +14,7 @@ from component.roster import (
     Roster,
     RosterDiff,
     diff,
+    digest,
     parse_webapp_roster,
 )
 
@@ -307,3 +308,19 @@ class TestDiff:
 
         assert [c.jid for c in result.upserts] == sorted(jids[:4])
         assert list(result.removals) == sorted(jids[4:])
+
+
+def test_digest_tells_rosters_apart_by_every_stored_field() -> None:
+    """Equal rosters hash alike whatever their order; any field's change shows."""
+    base = {MARIE: Contact(MARIE, "Marie", frozenset({"a", "b"}))}
+    assert digest(base) == digest(dict(reversed(list(base.items()))))
+    variants = [
+        {MARIE: Contact(MARIE, "Mari")},
+        {MARIE: Contact(MARIE, "Marie", frozenset({"a"}))},
+        {MARIE: Contact(MARIE, "Marie", frozenset({"a", "b"}), subscription="to")},
+        {MARIE: Contact(MARIE, "Marie", frozenset({"a", "b"}), ask=True)},
+        {MARIE: Contact(MARIE, "Marie", frozenset({"a,b"}))},
+        {},
+    ]
+    assert len({digest(base), *(digest(v) for v in variants)}) == len(variants) + 1
+    assert len(digest(base)) == 16

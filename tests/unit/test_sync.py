@@ -30,6 +30,10 @@ class MemoryStore:
         self.announced: list[tuple[str, list[str], list[str]]] = []
         self.announce_error: StoreError | None = None
         self.pending: dict[str, frozenset[str]] = {}  # user -> pending inbound requests
+        self.reads = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.write_delay = 0.0
 
     def problem(self) -> str | None:
         return None
@@ -42,12 +46,19 @@ class MemoryStore:
 
     async def read(self, user: str) -> StoredRoster:
         await asyncio.sleep(0)
+        self.reads += 1
         return StoredRoster(dict(self.rosters.get(user, {})), self.pending.get(user, frozenset()))
 
     async def clear_pending(self, user: str, jids: Sequence[str]) -> None:
         self.pending[user] = self.pending.get(user, frozenset()) - set(jids)
 
     async def write(self, user: str, contact: Contact) -> None:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.write_delay)
+        finally:
+            self.in_flight -= 1
         if self.fail_writes_after is not None and self.writes >= self.fail_writes_after:
             raise StoreError("server said no")
         if contact.jid in self.refused:
@@ -130,7 +141,7 @@ def fixture_syncer(
         DOMAIN,
         concurrency=4,
         max_age=60,
-        on_change=lambda user, diff: changes.append((user, diff)),
+        on_change=lambda user, diff, _version: changes.append((user, diff)),
         clock=clock,
     )
 
@@ -413,12 +424,60 @@ async def test_refreshes_are_not_reported_as_repairs(syncer: Syncer) -> None:
     assert not [e for e in logs if e["event"] == "roster.repaired"]
 
 
-async def test_pending_requests_are_cleared_at_every_sync(
+async def test_pending_requests_are_cleared_when_the_server_is_read(
     syncer: Syncer, store: MemoryStore, changes: list[tuple[str, RosterDiff]]
 ) -> None:
     """Pending inbound requests are dropped even when no item changes; nothing is pushed."""
     await syncer.refresh("alice")
     store.pending[ALICE] = frozenset({"eve@remote.test", BOB})
-    assert (await syncer.refresh("alice")).ok
+    assert (await syncer.reconcile("alice")).ok
     assert store.pending[ALICE] == frozenset()
     assert len(changes) == 1
+
+
+async def test_an_unchanged_roster_costs_no_server_request(
+    syncer: Syncer, store: MemoryStore, webapp: ScriptedWebApp
+) -> None:
+    """The web app's roster as last applied: no read, no write; a change reads again."""
+    await syncer.refresh("alice")
+    reads, writes = store.reads, store.writes
+    for _ in range(3):
+        assert (await syncer.refresh("alice")).ok
+    assert (store.reads, store.writes) == (reads, writes)
+    webapp.rosters["alice"] = {BOB: Contact(BOB, "Robert")}
+    await syncer.refresh("alice")
+    assert store.reads == reads + 1
+    assert store.rosters[ALICE] == {BOB: Contact(BOB, "Robert")}
+
+
+async def test_after_a_failure_the_server_is_read_again(syncer: Syncer, store: MemoryStore) -> None:
+    """A sync that failed half-way leaves the server's state unknown: the next one reads."""
+    store.fail_writes_after = 1
+    assert not (await syncer.refresh("alice")).ok
+    store.fail_writes_after = None
+    reads = store.reads
+    assert (await syncer.refresh("alice")).ok
+    assert store.reads == reads + 1
+    assert set(store.rosters[ALICE]) == {BOB, CAROL}
+
+
+async def test_reconciliation_always_reads(syncer: Syncer, store: MemoryStore) -> None:
+    """Drift is only seen in the server: a reconciliation reads even an unchanged roster."""
+    await syncer.refresh("alice")
+    del store.rosters[ALICE][BOB]
+    assert (await syncer.reconcile("alice")).ok
+    assert BOB in store.rosters[ALICE]
+
+
+async def test_writes_go_out_together_within_the_window(
+    webapp: ScriptedWebApp, store: MemoryStore
+) -> None:
+    """One user's items are written in parallel; all syncs together stay within the window."""
+    store.write_delay = 0.01
+    for user in ("u1", "u2", "u3"):
+        webapp.rosters[user] = {f"c{i}@x.test": Contact(f"c{i}@x.test") for i in range(10)}
+    syncer = Syncer(webapp, store, DOMAIN, concurrency=3, max_age=0, write_window=12)
+    results = await asyncio.gather(*(syncer.refresh(u) for u in ("u1", "u2", "u3")))
+    assert all(r.ok for r in results)
+    assert store.peak_in_flight == 12
+    assert all(len(store.rosters[f"{u}@{DOMAIN}"]) == 10 for u in ("u1", "u2", "u3"))

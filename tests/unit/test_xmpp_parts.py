@@ -16,7 +16,7 @@ from slixmpp import Message, Presence
 
 from component import stanzas
 from component.errors import IqRefusedError
-from component.roster import Contact, RosterDiff
+from component.roster import Contact, RosterDiff, version
 from component.xmpp.delegation import DelegatedRosters
 from component.xmpp.grants import Grants
 from component.xmpp.presence import OnlineUsers
@@ -314,8 +314,8 @@ async def test_pushes_reach_every_client_in_order(
     link.handlers["user presence"](presence(f"{ALICE}/a"))
     link.handlers["user presence"](presence(f"{ALICE}/b"))
     link.gate = asyncio.Event()
-    pusher.push(ALICE, RosterDiff((Contact("bob@x", "Bob"),), ("carol@x",)))
-    pusher.push(ALICE, RosterDiff((Contact("bob@x", "Robert"),), ()))
+    pusher.push(ALICE, RosterDiff((Contact("bob@x", "Bob"),), ("carol@x",)), "v9")
+    pusher.push(ALICE, RosterDiff((Contact("bob@x", "Robert"),), ()), "v9")
     link.gate.set()
     await pusher.wait_idle()
     for resource in (f"{ALICE}/a", f"{ALICE}/b"):
@@ -330,7 +330,7 @@ async def test_no_pushes_without_delegation(
     """Not delegated, the server pushes our writes itself: we send nothing."""
     pusher = RosterPusher(link, grants, online, make_delegation(link, grants, online, no_contacts))
     link.handlers["user presence"](presence(f"{ALICE}/a"))
-    pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ()))
+    pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ()), "v9")
     await pusher.wait_idle()
     assert link.sent == []
 
@@ -341,7 +341,38 @@ async def test_a_client_that_is_gone_gets_no_more_pushes(
     """A session the server says is gone is forgotten, so later changes are not sent to it."""
     link.handlers["user presence"](presence(f"{ALICE}/gone"))
     link.refuse[f"{ALICE}/gone"] = "service-unavailable"
-    pusher.push(ALICE, RosterDiff((Contact("bob@x"), Contact("carol@x")), ()))
+    pusher.push(ALICE, RosterDiff((Contact("bob@x"), Contact("carol@x")), ()), "v9")
     await pusher.wait_idle()
     assert len(link.sent) == 1
     assert online.resources(ALICE) == []
+
+
+async def test_roster_versions_spare_an_unchanged_roster(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """XEP-0237: answers carry the roster's version; a client holding it gets an empty result."""
+    roster = {"bob@x": Contact("bob@x", "Bob")}
+    delegation = make_delegation(link, grants, online, lambda _: roster)
+    full = inner_answer(await delegation._answer(delegated_get()))
+    assert full[0].get("ver") == version(roster)
+    held = stanzas.DelegatedRequest(
+        f"{ALICE}/phone", None, "get", "r2", stanzas.roster_query(ver=version(roster))
+    )
+    empty = inner_answer(await delegation._answer(held))
+    assert (empty.get("type"), len(empty)) == ("result", 0)
+    stale = stanzas.DelegatedRequest(
+        f"{ALICE}/phone", None, "get", "r3", stanzas.roster_query(ver="old")
+    )
+    assert list(stanzas.parse_roster_query(inner_answer(await delegation._answer(stale))[0]))
+
+
+async def test_the_last_push_carries_the_new_version(
+    link: FakeLink, online: OnlineUsers, pusher: RosterPusher
+) -> None:
+    """Every push has a version of its own; the last one the roster's version after all."""
+    link.handlers["user presence"](presence(f"{ALICE}/a"))
+    pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ("carol@x", "dave@x")), "v9")
+    await pusher.wait_idle()
+    versions = [wrapper[0][0].get("ver") for _, _, wrapper in link.sent]
+    assert versions[-1] == "v9"
+    assert len(set(versions)) == 3
