@@ -98,6 +98,9 @@ class ListenerConfig(_Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 5285  # 0: any free port
     token: str = Field(default="", repr=False)
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    # POST /roster_admin/rosters carries whole rosters: 10,000 users of 20 contacts are
+    # about 15 MB of JSON.
+    max_rosters_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     max_users: Annotated[int, Field(ge=1)] = 10_000
 
 

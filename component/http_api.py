@@ -17,7 +17,7 @@ from component import metrics
 from component.errors import BadRequestError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from component.config import ListenerConfig
     from component.sync import SyncResult
@@ -25,11 +25,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 REFRESH_PATH = "/roster_admin/refresh"
+ROSTERS_PATH = "/roster_admin/rosters"
 _OPEN_PATHS = frozenset({"/healthz"})
 
 
 class Refresher(Protocol):
     async def refresh(self, username: str) -> SyncResult: ...
+
+    async def apply(self, username: str, roster: object) -> SyncResult: ...
 
 
 class Readiness(Protocol):
@@ -64,6 +67,56 @@ def parse_usernames(body: bytes, domain: str, limit: int) -> list[str]:
     return list(usernames)
 
 
+def parse_rosters(body: bytes, domain: str, limit: int) -> dict[str, object]:
+    """The users and their rosters in a bulk body: a JSON object, username -> roster.
+
+    Each roster is checked later exactly like one fetched from the web app (one that is not a
+    roster fails that user alone); here only the shape of the whole is.
+    """
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequestError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise BadRequestError(
+            f"body must be a JSON object of username -> roster, not {type(data).__name__}"
+        )
+    if len(data) > limit:
+        raise BadRequestError(f"too many usernames: {len(data)} > {limit}")
+    rosters: dict[str, object] = {}
+    for name, roster in data.items():
+        username = normalize_username(name, domain)
+        if username in rosters:
+            raise BadRequestError(f"username {name!r} appears twice (as {username!r})")
+        rosters[username] = roster
+    return rosters
+
+
+def _counts(results: Sequence[SyncResult], began: float) -> web.Response:
+    """The answer to a refresh: how many users were updated, which failed."""
+    failed = sorted(r.username for r in results if not r.ok)
+    updated = len(results) - len(failed)
+    total_failure = bool(results) and not updated
+    log.info(
+        "refresh.done",
+        users=len(results),
+        updated=updated,
+        errors=len(failed),
+        failed=failed[:20],
+        duration_ms=round((time.perf_counter() - began) * 1000, 1),
+    )
+    return _json(
+        502 if total_failure else 200,
+        status="error" if total_failure else "ok",
+        message="roster update failed" if total_failure else "roster update complete",
+        updated=updated,
+        errors=len(failed),
+        failed=failed,
+    )
+
+
 def normalize_username(name: str, domain: str) -> str:
     """The localpart ``name`` stands for on ``domain`` (nodeprep'd), or BadRequestError."""
     if not name or "@" in name or "/" in name:
@@ -93,9 +146,12 @@ class HttpApi:
 
     def app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self._config.max_body_bytes, middlewares=[self._authenticate]
+            # The larger of the two limits; each endpoint enforces its own.
+            client_max_size=max(self._config.max_body_bytes, self._config.max_rosters_bytes),
+            middlewares=[self._authenticate],
         )
         app.router.add_post(REFRESH_PATH, self._refresh_many)
+        app.router.add_post(ROSTERS_PATH, self._apply_many)
         app.router.add_get(REFRESH_PATH + "/{username}", self._refresh_one)
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -128,11 +184,22 @@ class HttpApi:
         response.headers["Retry-After"] = "5"
         return response
 
-    async def _refresh_many(self, request: web.Request) -> web.Response:
+    async def _body(self, request: web.Request, limit: int) -> bytes | web.Response:
+        """The request's body, or the 413 answer when it is larger than ``limit``."""
+        if request.content_length is not None and request.content_length > limit:
+            return _json(413, status="error", message=f"body too large (over {limit} bytes)")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _json(413, status="error", message="body too large")
+            body = b""
+        if len(body) > limit or (not body and request.content_length):
+            return _json(413, status="error", message=f"body too large (over {limit} bytes)")
+        return body
+
+    async def _refresh_many(self, request: web.Request) -> web.Response:
+        body = await self._body(request, self._config.max_body_bytes)
+        if isinstance(body, web.Response):
+            return body
         try:
             usernames = parse_usernames(body, self._domain, self._config.max_users)
         except BadRequestError as exc:
@@ -142,25 +209,25 @@ class HttpApi:
             return unavailable
         began = time.perf_counter()
         results = await asyncio.gather(*(self._refresher.refresh(u) for u in usernames))
-        failed = sorted(r.username for r in results if not r.ok)
-        updated = len(results) - len(failed)
-        total_failure = bool(results) and not updated
-        log.info(
-            "refresh.done",
-            users=len(usernames),
-            updated=updated,
-            errors=len(failed),
-            failed=failed[:20],
-            duration_ms=round((time.perf_counter() - began) * 1000, 1),
+        return _counts(results, began)
+
+    async def _apply_many(self, request: web.Request) -> web.Response:
+        """The rosters themselves, inline: a bulk change costs no fetch per user."""
+        body = await self._body(request, self._config.max_rosters_bytes)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            rosters = parse_rosters(body, self._domain, self._config.max_users)
+        except BadRequestError as exc:
+            log.warning("refresh.bad_request", reason=str(exc), path=ROSTERS_PATH)
+            return _json(400, status="error", message=str(exc))
+        if (unavailable := self._not_ready()) is not None:
+            return unavailable
+        began = time.perf_counter()
+        results = await asyncio.gather(
+            *(self._refresher.apply(user, roster) for user, roster in rosters.items())
         )
-        return _json(
-            502 if total_failure else 200,
-            status="error" if total_failure else "ok",
-            message="roster update failed" if total_failure else "roster update complete",
-            updated=updated,
-            errors=len(failed),
-            failed=failed,
-        )
+        return _counts(results, began)
 
     async def _refresh_one(self, request: web.Request) -> web.Response:
         try:

@@ -19,11 +19,12 @@ from component import metrics
 from component.errors import (
     FetchError,
     ItemRefusedError,
+    RosterFormatError,
     StoreError,
     StoreUnavailableError,
     UnknownUserError,
 )
-from component.roster import RosterDiff, apply, diff, digest, version
+from component.roster import RosterDiff, apply, diff, digest, parse_webapp_roster, version
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -120,6 +121,20 @@ class Syncer:
         """Sync with a roster fetched after this call began (the web app said it changed)."""
         return await self._sync(username, max_age=None)
 
+    async def apply(self, username: str, data: object) -> SyncResult:
+        """Sync with a roster the web app sent itself (bulk endpoint), checked exactly like a
+        fetched one: one that is not a roster fails this user and changes nothing."""
+        user = self.user_jid(username)
+        try:
+            parsed = parse_webapp_roster(data, user)
+        except RosterFormatError as exc:
+            metrics.SYNCS.labels(result="fetch_failed").inc()
+            log.warning("sync.bad_roster", user=user, reason=str(exc))
+            return SyncResult(username, ok=False, error=f"not a roster: {exc}")
+        for warning in parsed.warnings:
+            log.warning("webapp.roster_warning", username=username, warning=warning)
+        return await self._sync(username, max_age=None, supplied=parsed)
+
     async def reconcile(self, username: str) -> SyncResult:
         """Sync now to repair drift: a roster changed behind the web app's back.
 
@@ -145,7 +160,12 @@ class Syncer:
         return (await self._store.read(self.user_jid(username))).contacts
 
     async def _sync(
-        self, username: str, *, max_age: float | None, repair: bool = False
+        self,
+        username: str,
+        *,
+        max_age: float | None,
+        repair: bool = False,
+        supplied: ParsedRoster | None = None,
     ) -> SyncResult:
         requested = next(self._tickets)
         entry = self._locks.setdefault(username, _UserLock())
@@ -153,8 +173,14 @@ class Syncer:
         try:
             async with entry.lock:
                 last = self._last.get(username)
-                # A sync that began after we were asked saw every change we were told about.
-                if last is not None and last.ticket > requested and last.result is not None:
+                # A sync that began after we were asked saw every change we were told about
+                # (unless we were handed the roster: then that one is the truth to apply).
+                if (
+                    supplied is None
+                    and last is not None
+                    and last.ticket > requested
+                    and last.result is not None
+                ):
                     return last.result
                 if (
                     max_age is not None
@@ -165,7 +191,7 @@ class Syncer:
                     return SyncResult(username, ok=True)
                 started = next(self._tickets)
                 async with self._slots:
-                    result = await self._run(username, repair=repair)
+                    result = await self._run(username, repair=repair, supplied=supplied)
                 self._remember(username, _Outcome(started, self._clock(), result.ok, result))
                 return result
         finally:
@@ -185,13 +211,14 @@ class Syncer:
                 break
             del self._last[oldest]
 
-    async def _run(self, username: str, *, repair: bool) -> SyncResult:
+    async def _run(
+        self, username: str, *, repair: bool, supplied: ParsedRoster | None
+    ) -> SyncResult:
         user = self.user_jid(username)
         bound = log.bind(user=user)
         began = time.perf_counter()
         try:
-            with metrics.FETCH_SECONDS.time():
-                parsed = await self._fetcher.fetch(username, user)
+            parsed = supplied or await self._fetch(username, user)
         except FetchError as exc:
             metrics.SYNCS.labels(result="fetch_failed").inc()
             bound.warning("sync.fetch_failed", reason=exc.reason)
@@ -215,12 +242,7 @@ class Syncer:
                 applied.cleared.extend(sorted(stored.pending_in))
         except StoreError as exc:
             metrics.SYNCS.labels(result="store_failed").inc()
-            if isinstance(exc, UnknownUserError):
-                bound.warning("sync.store_failed", error=str(exc), hint="is the user registered?")
-            elif isinstance(exc, StoreUnavailableError):
-                bound.warning("sync.store_failed", error=str(exc))
-            else:
-                bound.error("sync.store_failed", error=str(exc))
+            _log_store_failure(bound, exc)
             return SyncResult(username, ok=False, error=f"server store: {exc}")
         finally:
             # What was written is told to clients even when the sync failed half-way.
@@ -247,6 +269,10 @@ class Syncer:
         )
         now = {jid: c for jid, c in parsed.roster.items() if jid not in applied.rejected}
         return SyncResult(username, ok=True, roster=now)
+
+    async def _fetch(self, username: str, user: str) -> ParsedRoster:
+        with metrics.FETCH_SECONDS.time():
+            return await self._fetcher.fetch(username, user)
 
     async def _announce(self, user: str, before: Roster, applied: _Applied) -> None:
         """Live presence for contacts whose presence relationship began or ended."""
@@ -301,6 +327,15 @@ class Syncer:
                 failure = failure or outcome
         if failure is not None:
             raise failure
+
+
+def _log_store_failure(bound: BoundLogger, exc: StoreError) -> None:
+    if isinstance(exc, UnknownUserError):
+        bound.warning("sync.store_failed", error=str(exc), hint="is the user registered?")
+    elif isinstance(exc, StoreUnavailableError):
+        bound.warning("sync.store_failed", error=str(exc))
+    else:
+        bound.error("sync.store_failed", error=str(exc))
 
 
 def _subscription(roster: Roster, jid: str) -> str:

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from component import stanzas
 from tests.harness.xmpp_client import StanzaError
 from tests.integration.conftest import (
+    TOKEN,
     System,
     delegated_only,
     eventually,
@@ -103,6 +104,33 @@ async def test_an_empty_array_empties_the_roster_and_pushes_the_removals(
         assert (status, body["updated"], body["errors"]) == (200, 1, 0)
         await eventually(lambda: removed(alice.pushes.items) == set(ALICE_EXPECTED))
         assert await alice.get_roster() == {}
+
+
+async def test_rosters_sent_inline_reach_online_clients_without_a_fetch(
+    alice_roster: System,
+) -> None:
+    """POST /roster_admin/rosters: the web app sends the rosters; same pushes, no callback."""
+    system = alice_roster
+    async with system.client("alice") as alice:
+        await system.logged_in_roster(alice)
+        alice.pushes.clear()
+        truth: dict[str, dict[str, object] | list[object]] = {
+            "alice": {jid("dave"): {"name": "Dave"}},
+            "bob": [],
+        }
+        for user, roster in truth.items():
+            system.set_roster(user, roster)
+        fetched = len(system.webapp.requests)
+        async with system.http.post(
+            f"{system.url}/roster_admin/rosters",
+            json=truth,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as response:
+            assert (response.status, (await response.json())["updated"]) == (200, 2)
+        assert len(system.webapp.requests) == fetched
+        await alice.wait_for_push(lambda p: p.items.get(jid("dave")) == item("Dave"))
+        await eventually(lambda: removed(alice.pushes.items) == set(ALICE_EXPECTED))
+        assert await alice.get_roster() == {jid("dave"): item("Dave")}
 
 
 async def test_offline_users_are_refreshed_for_their_next_login(alice_roster: System) -> None:

@@ -26,6 +26,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.refreshed: list[str] = []
+        self.applied: dict[str, object] = {}
         self.failing: set[str] = set()
         self.ready = True
         self.reasons: list[str] = []
@@ -37,6 +38,13 @@ class Recorder:
             return SyncResult(username, ok=False, error="fetch failed: HTTP 500")
         return SyncResult(username, ok=True, roster={})
 
+    async def apply(self, username: str, roster: object) -> SyncResult:
+        await asyncio.sleep(0)
+        self.applied[username] = roster
+        if username in self.failing:
+            return SyncResult(username, ok=False, error="not a roster")
+        return SyncResult(username, ok=True, roster={})
+
 
 @pytest.fixture(name="recorder")
 def fixture_recorder() -> Recorder:
@@ -46,7 +54,9 @@ def fixture_recorder() -> Recorder:
 @pytest.fixture(name="base_url")
 async def fixture_base_url(recorder: Recorder) -> AsyncIterator[str]:
     api = HttpApi(
-        ListenerConfig(port=1, token=TOKEN, max_body_bytes=200_000, max_users=50),
+        ListenerConfig(
+            port=1, token=TOKEN, max_body_bytes=200_000, max_rosters_bytes=400_000, max_users=50
+        ),
         domain="example.test",
         refresher=recorder,
         readiness=recorder,
@@ -255,3 +265,57 @@ def test_username_with_space_is_refused() -> None:
     """A username the server could never have is a bad request."""
     with pytest.raises(BadRequestError):
         parse_usernames(b'["a b"]', "example.test", 10)
+
+
+async def post_rosters(
+    http: aiohttp.ClientSession, base_url: str, body: bytes | str, headers: dict[str, str] = AUTH
+) -> tuple[int, dict[str, object]]:
+    async with http.post(f"{base_url}/roster_admin/rosters", data=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_bulk_rosters_are_applied_with_the_same_counts(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """POST /roster_admin/rosters hands each user's roster to the sync core; same answer."""
+    recorder.failing = {"aaron"}
+    body = '{"John": {"marie@example.com": {"name": "Marie"}}, "aaron": [], "zoe": [1]}'
+    status, answer = await post_rosters(http, base_url, body)
+    assert (status, answer["updated"], answer["errors"], answer["failed"]) == (
+        200,
+        2,
+        1,
+        ["aaron"],
+    )
+    assert recorder.applied == {
+        "john": {"marie@example.com": {"name": "Marie"}},
+        "aaron": [],
+        "zoe": [1],
+    }
+    assert recorder.refreshed == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['["john"]', '{"a@b": {}}', '{"john": {}, "John": {}}', "{", '"x"', "[" * 100_000],
+)
+async def test_bulk_bodies_that_are_not_rosters_by_user_get_400(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder, body: str
+) -> None:
+    """Not an object, a bad or repeated username, not JSON: 400 and nothing is done."""
+    status, answer = await post_rosters(http, base_url, body)
+    assert (status, answer["status"]) == (400, "error")
+    assert recorder.applied == {}
+
+
+async def test_bulk_has_its_own_size_limit_and_the_same_token(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """Larger than max_rosters_bytes: 413; the refresh endpoint keeps its own smaller limit;
+    without the token: 401."""
+    big = '{"john": {"' + "x" * 300_000 + '@example.com": {}}}'
+    assert (await post_rosters(http, base_url, big))[0] == 200
+    assert (await post(http, base_url, '["' + "x" * 300_000 + '"]'))[0] == 413
+    huge = '{"john": {"' + "x" * 500_000 + '@example.com": {}}}'
+    assert (await post_rosters(http, base_url, huge))[0] == 413
+    assert (await post_rosters(http, base_url, "{}", headers={}))[0] == 401

@@ -481,3 +481,26 @@ async def test_writes_go_out_together_within_the_window(
     assert all(r.ok for r in results)
     assert store.peak_in_flight == 12
     assert all(len(store.rosters[f"{u}@{DOMAIN}"]) == 10 for u in ("u1", "u2", "u3"))
+
+
+async def test_a_roster_sent_inline_is_applied_without_a_fetch(
+    syncer: Syncer, store: MemoryStore, webapp: ScriptedWebApp
+) -> None:
+    """The bulk endpoint's rosters are checked like fetched ones and applied as they are."""
+    assert (await syncer.apply("alice", {"bob@example.test": {"name": "Bob"}})).ok
+    assert store.rosters[ALICE] == {BOB: Contact(BOB, "Bob")}
+    assert (await syncer.apply("alice", [])).ok
+    assert store.rosters[ALICE] == {}
+    assert webapp.fetches == []
+
+
+async def test_an_inline_non_roster_fails_that_user_alone(
+    syncer: Syncer, store: MemoryStore
+) -> None:
+    """Like a failed fetch: the stored roster stays exactly as it was."""
+    await syncer.apply("alice", {"bob@example.test": {}})
+    result = await syncer.apply("alice", ["not", "a", "roster"])
+    assert not result.ok
+    assert result.error is not None
+    assert "not a roster" in result.error
+    assert store.rosters[ALICE] == {BOB: Contact(BOB)}
