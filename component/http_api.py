@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import time
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
     from component.config import ListenerConfig
     from component.sync import SyncResult
+
+    Job = Callable[[], Awaitable[SyncResult]]  # one user's sync, started when called
 
 log = structlog.get_logger(__name__)
 
@@ -197,36 +200,37 @@ class HttpApi:
         return body
 
     async def _refresh_many(self, request: web.Request) -> web.Response:
-        body = await self._body(request, self._config.max_body_bytes)
-        if isinstance(body, web.Response):
-            return body
-        try:
+        def jobs(body: bytes) -> list[Job]:
             usernames = parse_usernames(body, self._domain, self._config.max_users)
-        except BadRequestError as exc:
-            log.warning("refresh.bad_request", reason=str(exc))
-            return _json(400, status="error", message=str(exc))
-        if (unavailable := self._not_ready()) is not None:
-            return unavailable
-        began = time.perf_counter()
-        results = await asyncio.gather(*(self._refresher.refresh(u) for u in usernames))
-        return _counts(results, began)
+            return [functools.partial(self._refresher.refresh, user) for user in usernames]
+
+        return await self._sync_many(request, self._config.max_body_bytes, jobs)
 
     async def _apply_many(self, request: web.Request) -> web.Response:
         """The rosters themselves, inline: a bulk change costs no fetch per user."""
-        body = await self._body(request, self._config.max_rosters_bytes)
+
+        def jobs(body: bytes) -> list[Job]:
+            rosters = parse_rosters(body, self._domain, self._config.max_users)
+            return [functools.partial(self._refresher.apply, *item) for item in rosters.items()]
+
+        return await self._sync_many(request, self._config.max_rosters_bytes, jobs)
+
+    async def _sync_many(
+        self, request: web.Request, limit: int, jobs: Callable[[bytes], list[Job]]
+    ) -> web.Response:
+        """Read and check the body into one job per user, run them all, answer the counts."""
+        body = await self._body(request, limit)
         if isinstance(body, web.Response):
             return body
         try:
-            rosters = parse_rosters(body, self._domain, self._config.max_users)
+            work = jobs(body)
         except BadRequestError as exc:
-            log.warning("refresh.bad_request", reason=str(exc), path=ROSTERS_PATH)
+            log.warning("refresh.bad_request", reason=str(exc), path=request.path)
             return _json(400, status="error", message=str(exc))
         if (unavailable := self._not_ready()) is not None:
             return unavailable
         began = time.perf_counter()
-        results = await asyncio.gather(
-            *(self._refresher.apply(user, roster) for user, roster in rosters.items())
-        )
+        results = await asyncio.gather(*(job() for job in work))
         return _counts(results, began)
 
     async def _refresh_one(self, request: web.Request) -> web.Response:

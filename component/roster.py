@@ -19,8 +19,8 @@ __all__ = [
     "Roster",
     "RosterDiff",
     "StoredRoster",
-    "apply",
     "diff",
+    "diff_known",
     "digest",
     "parse_webapp_roster",
     "version",
@@ -143,12 +143,14 @@ def diff(current: Roster, desired: Roster) -> RosterDiff:
     )
 
 
-def apply(roster: Roster, changes: RosterDiff) -> dict[str, Contact]:
-    """``roster`` once ``changes`` are written into it."""
-    removed = set(changes.removals)
-    result = {jid: c for jid, c in roster.items() if jid not in removed}
-    result.update((c.jid, c) for c in changes.upserts)
-    return result
+def diff_known(known: Mapping[str, int], desired: Roster) -> RosterDiff:
+    """Like diff(), against a roster known only by each contact's hash (``hash(Contact)``)."""
+    return RosterDiff(
+        upserts=tuple(
+            contact for jid, contact in sorted(desired.items()) if known.get(jid) != hash(contact)
+        ),
+        removals=tuple(sorted(known.keys() - desired.keys())),
+    )
 
 
 def version(roster: Roster) -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -24,14 +26,22 @@ from component.errors import (
     StoreUnavailableError,
     UnknownUserError,
 )
-from component.roster import RosterDiff, apply, diff, digest, parse_webapp_roster, version
+from component.roster import (
+    Contact,
+    RosterDiff,
+    diff,
+    diff_known,
+    digest,
+    parse_webapp_roster,
+    version,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from structlog.typing import FilteringBoundLogger as BoundLogger
 
-    from component.roster import Contact, ParsedRoster, Roster
+    from component.roster import ParsedRoster, Roster
     from component.store import RosterStore
 
 log = structlog.get_logger(__name__)
@@ -64,6 +74,26 @@ class _Outcome:
 class _UserLock:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiters: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What the server holds for a user, as far as we know: what we applied last.
+
+    Each item as a hash, not the contact itself, so 10,000 rosters cost megabytes, not tens
+    of them; contact JIDs are interned, since users mostly list each other.
+    """
+
+    digest: bytes
+    items: dict[str, int]  # contact JID -> hash(Contact) as stored
+
+    @classmethod
+    def of(cls, roster: Roster) -> _Known:
+        return cls(digest(roster), {sys.intern(jid): hash(c) for jid, c in roster.items()})
+
+    def before(self) -> dict[str, Contact]:
+        """Stand-ins for the stored contacts: all we know is that each is a "both" one."""
+        return {jid: Contact(jid) for jid in self.items}
 
 
 @dataclass(slots=True)
@@ -104,10 +134,10 @@ class Syncer:
         # Writes in flight across all syncs: the server takes many at once far faster than
         # one by one, up to a point (SERVERS.md: Prosody peaks at 64-128).
         self._writes = asyncio.Semaphore(write_window)
-        # username -> digest of the web app's roster that was last brought into the server.
-        # A roster the web app sends unchanged then costs no server read and no write; drift
-        # behind our back is the reconciliation's to find (it always reads).
-        self._applied: dict[str, bytes] = {}
+        # username -> the roster last brought into the server. A roster the web app sends
+        # unchanged then costs no server request, a changed one only its writes; drift behind
+        # our back is the reconciliation's to find (it always reads).
+        self._applied: dict[str, _Known] = {}
         self._background_slots = asyncio.Semaphore(max(1, concurrency // 2))
         self._locks: dict[str, _UserLock] = {}
         # Users synced within max_age, oldest first (pruned as new outcomes arrive).
@@ -224,36 +254,47 @@ class Syncer:
             bound.warning("sync.fetch_failed", reason=exc.reason)
             return SyncResult(username, ok=False, error=f"fetch failed: {exc.reason}")
         wanted = digest(parsed.roster)
-        if not repair and self._applied.get(username) == wanted:
+        known = None if repair else self._applied.get(username)
+        if known is not None and known.digest == wanted:
             metrics.SYNCS.labels(result="unchanged").inc()
             bound.debug("sync.unchanged", contacts=len(parsed.roster))
             return SyncResult(username, ok=True, roster=parsed.roster)
         # Until this sync succeeds, what the server holds is not known.
         self._applied.pop(username, None)
         applied = _Applied()
-        current: Roster = {}
+        current: Roster = {} if known is None else known.before()
+        failure: StoreError | None = None
         try:
-            stored = await self._store.read(user)
-            current = stored.contacts
-            await self._apply(user, diff(current, parsed.roster), applied)
-            if stored.pending_in:
-                # The web app decides every subscription: no request is left waiting.
-                await self._store.clear_pending(user, sorted(stored.pending_in))
-                applied.cleared.extend(sorted(stored.pending_in))
+            if known is None:
+                stored = await self._store.read(user)
+                current = stored.contacts
+                await self._apply(user, diff(current, parsed.roster), applied)
+                if stored.pending_in:
+                    # The web app decides every subscription: no request is left waiting.
+                    await self._store.clear_pending(user, sorted(stored.pending_in))
+                    applied.cleared.extend(sorted(stored.pending_in))
+            else:
+                # What we applied last is what the server holds (drift is the
+                # reconciliation's to find): only the changes cost requests.
+                await self._apply(user, diff_known(known.items, parsed.roster), applied)
         except StoreError as exc:
+            failure = exc
+        now = {jid: c for jid, c in parsed.roster.items() if jid not in applied.rejected}
+        # What was written is told to clients even when the sync failed half-way.
+        if applied.upserts or applied.removals:
+            if self._on_change is not None:
+                # After a failure the roster's version is unknown: a fresh one makes a client
+                # that comes back with it get the whole roster.
+                ver = version(now) if failure is None else uuid.uuid4().hex
+                self._on_change(user, applied.diff(), ver)
+            await self._announce(user, current, applied)
+        if repair and (applied.upserts or applied.removals or applied.cleared):
+            _log_repair(bound, current, applied)
+        if failure is not None:
             metrics.SYNCS.labels(result="store_failed").inc()
-            _log_store_failure(bound, exc)
-            return SyncResult(username, ok=False, error=f"server store: {exc}")
-        finally:
-            # What was written is told to clients even when the sync failed half-way.
-            if applied.upserts or applied.removals:
-                if self._on_change is not None:
-                    changes = applied.diff()
-                    self._on_change(user, changes, version(apply(current, changes)))
-                await self._announce(user, current, applied)
-            if repair and (applied.upserts or applied.removals or applied.cleared):
-                _log_repair(bound, current, applied)
-        self._applied[username] = wanted
+            _log_store_failure(bound, failure)
+            return SyncResult(username, ok=False, error=f"server store: {failure}")
+        self._applied[username] = _Known.of(now)
         metrics.SYNCS.labels(result="ok").inc()
         metrics.ITEMS_WRITTEN.inc(len(applied.upserts))
         metrics.ITEMS_REMOVED.inc(len(applied.removals))
@@ -265,9 +306,9 @@ class Syncer:
             cleared=len(applied.cleared),
             rejected=len(applied.rejected),
             warnings=len(parsed.warnings),
+            read=known is None,
             duration_ms=round((time.perf_counter() - began) * 1000, 1),
         )
-        now = {jid: c for jid, c in parsed.roster.items() if jid not in applied.rejected}
         return SyncResult(username, ok=True, roster=now)
 
     async def _fetch(self, username: str, user: str) -> ParsedRoster:

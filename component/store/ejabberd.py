@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -32,7 +33,7 @@ from component.errors import (
 from component.roster import Contact, StoredRoster
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +80,7 @@ class AdminApiRosterStore:
         self._joined_groups = False
         # process_rosteritems not allowed (or not available): said once, then not asked again.
         self._no_rosteritems = False
+        self._turns: dict[str, _Turn] = {}
 
     # --- lifecycle and readiness -------------------------------------------------------------
 
@@ -160,6 +162,10 @@ class AdminApiRosterStore:
         return [str(entry["contact"]) for entry in found if isinstance(entry, dict)]
 
     async def write(self, user: str, contact: Contact) -> None:
+        async with self._turn(user):
+            await self._write(user, contact)
+
+    async def _write(self, user: str, contact: Contact) -> None:
         username, _, host = user.partition("@")
         contact_user, _, contact_host = contact.jid.rpartition("@")
         args: dict[str, Any] = {
@@ -193,10 +199,32 @@ class AdminApiRosterStore:
         username, _, host = user.partition("@")
         contact_user, _, contact_host = jid.rpartition("@")
         # Answers 0 whether or not the item was there: removing is idempotent.
-        await self._call(
-            "delete_rosteritem",
-            {"localuser": username, "localhost": host, "user": contact_user, "host": contact_host},
-        )
+        async with self._turn(user):
+            await self._call(
+                "delete_rosteritem",
+                {
+                    "localuser": username,
+                    "localhost": host,
+                    "user": contact_user,
+                    "host": contact_host,
+                },
+            )
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, user: str) -> AsyncIterator[None]:
+        """One change at a time per user: ejabberd's roster cache can lose one of two
+        concurrent changes to the same roster (seen on 23.01 under load: an item written,
+        answered 0, and missing from the user's next roster query). Users still go in
+        parallel."""
+        turn = self._turns.setdefault(user, _Turn())
+        turn.waiting += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.waiting -= 1
+            if not turn.waiting:
+                del self._turns[user]
 
     async def clear_pending(self, user: str, jids: Sequence[str]) -> None:
         # A request on a contact's item is reset by writing the item again as it is stored; a
@@ -285,6 +313,12 @@ class AdminApiRosterStore:
                 connector=aiohttp.TCPConnector(limit=self._concurrency),
             )
         return self._session
+
+
+@dataclass(slots=True)
+class _Turn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: int = 0
 
 
 def _pending_query(user: str) -> dict[str, str]:

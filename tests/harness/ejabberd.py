@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
 
+from tests.harness.files import replace_once, sub_once, tails
 from tests.harness.prosody import die_with_parent, free_ports
 
 if TYPE_CHECKING:
@@ -49,6 +51,9 @@ BUILD_NAMES = ("23.01", "24.12")
 
 #: The names and ports the shipped configuration uses; the harness substitutes its own.
 DEPLOY_CONFIG = "http_roster_admin.yml"
+# Edits of the shipped config that must find exactly what they change.
+_replace_once = functools.partial(replace_once, where=DEPLOY_CONFIG)
+_sub_once = functools.partial(sub_once, where=DEPLOY_CONFIG)
 DEPLOY_DOMAIN = "example.org"
 DEPLOY_COMPONENT = "roster.example.org"
 DEPLOY_SECRET = "change-me-to-a-long-random-secret"
@@ -208,19 +213,6 @@ def render_deploy_config(
             f"  roster_component:\n    server:\n{servers}",
         )
     return text
-
-
-def _replace_once(text: str, old: str, new: str) -> str:
-    if text.count(old) != 1:
-        raise EjabberdError(f"{DEPLOY_CONFIG}: expected {old!r} exactly once")
-    return text.replace(old, new)
-
-
-def _sub_once(text: str, pattern: str, repl: Any) -> str:
-    new, count = re.subn(pattern, repl, text)
-    if count != 1:
-        raise EjabberdError(f"{DEPLOY_CONFIG}: expected one match for {pattern!r}, got {count}")
-    return new
 
 
 def _yaml_str(value: str | Path) -> str:
@@ -698,9 +690,6 @@ include_config_file: {_yaml_str(self.deploy_config_path)}
 
     def log_tail(self, lines: int = 60) -> str:
         """The last lines of the VM's console output and of ejabberd's log, for failures."""
-        parts = []
-        for path in (self.console_path, self.log_path):
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {path} (last {len(tail)} lines) ---\n" + "\n".join(tail))
-        return "\n".join(parts) or f"(no output in {self.workdir})"
+        return tails(
+            (self.console_path, self.log_path), lines, empty=f"(no output in {self.workdir})"
+        )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import re
 import signal
 import socket
@@ -25,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Self
+
+from tests.harness.files import replace_once, sub_once, tails
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -40,6 +43,9 @@ BUILD_NAMES = ("0.12", "13")
 
 #: The names the shipped configuration uses; the harness substitutes its own.
 DEPLOY_CONFIG = "http_roster_admin.cfg.lua"
+# Edits of the shipped config that must find exactly what they change.
+_replace_once = functools.partial(replace_once, where=DEPLOY_CONFIG)
+_sub_once = functools.partial(sub_once, where=DEPLOY_CONFIG)
 DEPLOY_DOMAIN = "example.org"
 DEPLOY_COMPONENT = "roster.example.org"
 DEPLOY_SECRET = "change-me-to-a-long-random-secret"
@@ -177,19 +183,6 @@ def render_deploy_config(
         text = _sub_once(text, r"(?m)^\s*delegations\s*=.*\n", "")
         text = _sub_once(text, r'(?m)^(\s*)-- ("[^"]*/block_roster_sets\.pfw";)', r"\1\2")
     return text
-
-
-def _replace_once(text: str, old: str, new: str) -> str:
-    if text.count(old) != 1:
-        raise ProsodyError(f"{DEPLOY_CONFIG}: expected {old!r} exactly once")
-    return text.replace(old, new)
-
-
-def _sub_once(text: str, pattern: str, repl: str) -> str:
-    new, count = re.subn(pattern, repl, text)
-    if count != 1:
-        raise ProsodyError(f"{DEPLOY_CONFIG}: expected one match for {pattern!r}, got {count}")
-    return new
 
 
 def _lua_str(value: str | Path) -> str:
@@ -546,12 +539,9 @@ VirtualHost {_lua_str(self.domain)}
 
     def log_tail(self, lines: int = 60) -> str:
         """The last lines of the server's console output and log, for failure messages."""
-        parts = []
-        for path in (self.console_path, self.log_path):
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                parts.append(f"--- {path} (last {len(tail)} lines) ---\n" + "\n".join(tail))
-        return "\n".join(parts) or f"(no output in {self.workdir})"
+        return tails(
+            (self.console_path, self.log_path), lines, empty=f"(no output in {self.workdir})"
+        )
 
     def log_text(self) -> str:
         """The whole debug log so far."""

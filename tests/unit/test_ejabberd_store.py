@@ -37,6 +37,10 @@ class FakeApi:
         # Requests from strangers: items get_roster leaves out (user -> contacts).
         self.hidden: dict[str, set[str]] = {}
         self.refused_commands: set[str] = set()  # answered 403
+        self.delay = 0.0  # seconds each write takes
+        self.writing: dict[str, int] = {}  # user -> writes in progress
+        self.overlaps: set[str] = set()  # users with two writes at once
+        self.peak_writes = 0
         self.url = ""
         self._port = 0
         self._runner: web.AppRunner | None = None
@@ -64,6 +68,8 @@ class FakeApi:
             return web.Response(status=self.status, text='"forced"')
         if command in self.refused_commands:
             return web.Response(status=403, text='{"code": 32}')
+        if command in {"add_rosteritem", "delete_rosteritem"}:
+            await self._timed(args)
         answer = getattr(self, f"_{command}")(args)
         if isinstance(answer, web.Response):
             return answer
@@ -84,6 +90,15 @@ class FakeApi:
                     for group in item["groups"] or [""]
                 ]
         return rows
+
+    async def _timed(self, args: dict[str, Any]) -> None:
+        user = args["localuser"]
+        self.writing[user] = self.writing.get(user, 0) + 1
+        if self.writing[user] > 1:
+            self.overlaps.add(user)
+        self.peak_writes = max(self.peak_writes, sum(self.writing.values()))
+        await asyncio.sleep(self.delay)
+        self.writing[user] -= 1
 
     def _add_rosteritem(self, args: dict[str, Any]) -> int | web.Response:
         if self.shape == "old":
@@ -266,3 +281,17 @@ async def test_without_process_rosteritems_the_rest_still_works(
         await store.read(ALICE)
     assert [e["event"] for e in logs] == ["store.pending_requests_unseen"]
     assert store.problem() is None
+
+
+async def test_one_users_changes_go_one_at_a_time(store: AdminApiRosterStore, api: FakeApi) -> None:
+    """ejabberd's roster cache can lose concurrent changes to one roster: never two at once
+    for a user, while different users still go in parallel."""
+    api.delay = 0.02
+    api.accounts |= {"bob"}
+    await asyncio.gather(
+        *(store.write(user, Contact(f"c{i}@x.test")) for user in (ALICE, BOB) for i in range(4)),
+        store.remove(ALICE, "gone@x.test"),
+    )
+    assert api.overlaps == set()
+    assert api.peak_writes == 2
+    assert len(api.rosters["alice"]) == len(api.rosters["bob"]) == 4

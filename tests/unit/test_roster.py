@@ -14,6 +14,7 @@ from component.roster import (
     Roster,
     RosterDiff,
     diff,
+    diff_known,
     digest,
     parse_webapp_roster,
 )
@@ -324,3 +325,20 @@ def test_digest_tells_rosters_apart_by_every_stored_field() -> None:
     ]
     assert len({digest(base), *(digest(v) for v in variants)}) == len(variants) + 1
     assert len(digest(base)) == 16
+
+
+def test_diff_against_known_hashes_equals_the_full_diff() -> None:
+    """Knowing the stored roster only by each contact's hash gives the same changes."""
+    stored = {
+        MARIE: Contact(MARIE, "Marie"),
+        MICHAEL: Contact(MICHAEL, "Michael", frozenset({"Team"})),
+        "old@example.com": Contact("old@example.com"),
+    }
+    desired = {
+        MARIE: Contact(MARIE, "Marie"),
+        MICHAEL: Contact(MICHAEL, "Mike", frozenset({"Team"})),
+        "new@example.com": Contact("new@example.com"),
+    }
+    known = {jid: hash(contact) for jid, contact in stored.items()}
+    assert diff_known(known, desired) == diff(stored, desired)
+    assert not diff_known(known, stored)

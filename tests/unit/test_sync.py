@@ -438,7 +438,7 @@ async def test_pending_requests_are_cleared_when_the_server_is_read(
 async def test_an_unchanged_roster_costs_no_server_request(
     syncer: Syncer, store: MemoryStore, webapp: ScriptedWebApp
 ) -> None:
-    """The web app's roster as last applied: no read, no write; a change reads again."""
+    """The web app's roster as last applied: no request; a change costs only its writes."""
     await syncer.refresh("alice")
     reads, writes = store.reads, store.writes
     for _ in range(3):
@@ -446,8 +446,9 @@ async def test_an_unchanged_roster_costs_no_server_request(
     assert (store.reads, store.writes) == (reads, writes)
     webapp.rosters["alice"] = {BOB: Contact(BOB, "Robert")}
     await syncer.refresh("alice")
-    assert store.reads == reads + 1
+    assert (store.reads, store.writes) == (reads, writes + 2)  # rename bob, remove carol
     assert store.rosters[ALICE] == {BOB: Contact(BOB, "Robert")}
+    assert store.announced[-1] == (ALICE, [], [CAROL])
 
 
 async def test_after_a_failure_the_server_is_read_again(syncer: Syncer, store: MemoryStore) -> None:
