@@ -50,14 +50,18 @@ def _json(code: int, status: str, message: str, **extra: object) -> web.Response
     return web.json_response({"status": status, "message": message, **extra}, status=code)
 
 
-def parse_usernames(body: bytes, domain: str, limit: int) -> list[str]:
-    """The distinct, normalized usernames in a refresh body (a JSON array of strings)."""
+def _json_body(body: bytes) -> object:
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequestError(f"body is not JSON: {exc}") from None
     except RecursionError:
         raise BadRequestError("body is nested too deeply") from None
+
+
+def parse_usernames(body: bytes, domain: str, limit: int) -> list[str]:
+    """The distinct, normalized usernames in a refresh body (a JSON array of strings)."""
+    data = _json_body(body)
     if not isinstance(data, list):
         raise BadRequestError(f"body must be a JSON array of usernames, not {type(data).__name__}")
     if len(data) > limit:
@@ -76,12 +80,7 @@ def parse_rosters(body: bytes, domain: str, limit: int) -> dict[str, object]:
     Each roster is checked later exactly like one fetched from the web app (one that is not a
     roster fails that user alone); here only the shape of the whole is.
     """
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequestError(f"body is not JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequestError("body is nested too deeply") from None
+    data = _json_body(body)
     if not isinstance(data, dict):
         raise BadRequestError(
             f"body must be a JSON object of username -> roster, not {type(data).__name__}"
