@@ -50,6 +50,7 @@ from bench_xmpp import BenchClient, connect_client, connect_component, roster_it
 
 from tests.harness import ejabberd, prosody
 from tests.harness.component import write_component_config
+from tests.harness.files import replace_once
 from tests.harness.prosody import _storage_name, die_with_parent, free_ports
 
 if TYPE_CHECKING:
@@ -222,14 +223,12 @@ class WebApp:
 # --- servers ---------------------------------------------------------------------------------
 
 
-def _replace_once(text: str, old: str, new: str) -> str:
-    if text.count(old) != 1:
-        raise RuntimeError(f"the harness's Prosody config no longer has {old!r} exactly once")
-    return text.replace(old, new)
-
-
 def _lua(value: str | Path) -> str:
     return json.dumps(str(value))  # a JSON string is a valid Lua string for these values
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    return replace_once(text, old, new, where="the harness's Prosody config")
 
 
 class BenchProsody(prosody.ProsodyServer):
