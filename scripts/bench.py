@@ -544,12 +544,14 @@ class Fleet:
         if failures:
             raise RuntimeError(f"{len(failures)} clients could not log in: {failures[0]!r}")
 
-    async def ask_rosters(self) -> list[Login]:
-        """Every client asks for its roster at once, then sends its presence once answered."""
+    async def ask_rosters(self, *, presence: bool) -> list[Login]:
+        """Every client asks for its roster at once, then (``presence``) sends its initial
+        presence once answered, as clients do."""
 
         async def answer(client: BenchClient, sent: float, future: Any) -> Login:
             answered, element = await future
-            client.send_presence()
+            if presence:
+                client.send_presence()
             return Login(client.username, sent, answered, roster_items(element))
 
         requests = [(client, *client.send_roster_get()) for client in self.clients]
@@ -597,6 +599,7 @@ class Options:
     windows: list[int]
     probe_users: int
     max_age: float
+    login_presence: bool
     component_options: dict[str, dict[str, object]]
     module: Path | None
     modes: list[str]
@@ -621,6 +624,8 @@ class Run:
         self.figures: dict[str, float] = {}
         self.component: Component | None = None
         self.target: Target = self._target()
+        # When the online users were last synced: logins come once that is max_age ago.
+        self.synced_at = 0.0
 
     def _target(self) -> Target:
         kind, build = SERVERS[self.opts.server]
@@ -766,6 +771,7 @@ class Run:
                 self.figures[f"{phase}.seconds"] = took
                 self.figures[f"{phase}.errors"] = float(reply.get("errors", 0))
                 self.record(phase, before, after, len(names))
+                self.synced_at = time.monotonic()
                 await self.quiet()
             items = len(names) * opts.contacts
             self.figures["initial.items_per_s"] = items / self.figures["initial.seconds"]
@@ -778,6 +784,7 @@ class Run:
         else:
             # The online users' rosters must be in the server before they log in.
             await refresh(names[: opts.clients])
+            self.synced_at = time.monotonic()
             await self.quiet()
 
     def refresh_call(self) -> Callable[[Sequence[str]], Awaitable[dict[str, Any]]]:
@@ -792,9 +799,12 @@ class Run:
         return lambda names: post_refresh(http, url, names, headers)
 
     async def measure_login(self, fleet: Fleet) -> None:
+        # A login after an absence syncs the user (delegated: to answer; not delegated: on
+        # presence); one within max_age of the last sync would not.
+        await asyncio.sleep(max(0.0, self.synced_at + self.opts.max_age + 0.5 - time.monotonic()))
         await self.bench.webapp.stats(reset=True)
         before = await self.snapshot()
-        logins = await fleet.ask_rosters()
+        logins = await fleet.ask_rosters(presence=self.opts.login_presence)
         answered = await self.snapshot(timings=True)
         await self.quiet()  # presence and the syncs it starts belong to the logins too
         after = await self.snapshot()
@@ -929,7 +939,10 @@ def report(bench: Bench) -> str:
             f"{opts.server} ({bench.label}): {opts.users} users x {opts.contacts} contacts, "
             f"{opts.clients} online clients; median of {opts.repeats} run(s)"
         ),
-        f"component: sync.max_age={opts.max_age:g}{', ' + extra if extra else ''}",
+        (
+            f"component: sync.max_age={opts.max_age:g}{', ' + extra if extra else ''}; "
+            f"clients send presence after their roster: {'yes' if opts.login_presence else 'no'}"
+        ),
         *_bulk_report(bench),
         "",
         *_table(bench),
@@ -1102,9 +1115,16 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--max-age",
         type=float,
-        default=0.0,
-        help="the component's sync.max_age (default 0: every login fetches, as the "
-        "in-server module does)",
+        default=10.0,
+        help="the component's sync.max_age; logins start once the users' last sync is that "
+        "old, so each login syncs once, as after a real absence (default: 10)",
+    )
+    parser.add_argument(
+        "--login-presence",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each client sends its initial presence once its roster arrives (default: yes; "
+        "its contacts are online too, so presence is routed while later answers wait)",
     )
     parser.add_argument(
         "--component-option",
@@ -1164,6 +1184,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         windows=[int(w) for w in args.windows.split(",")],
         probe_users=args.probe_users,
         max_age=args.max_age,
+        login_presence=args.login_presence,
         component_options=parse_component_options(args.component_option),
         module=args.in_server_module,
         modes=[m for m in MODES if m in modes],
@@ -1203,6 +1224,7 @@ def write_json(runner: Bench, path: str) -> None:
             "windows": opts.windows,
             "probe_users": opts.probe_users,
             "max_age": opts.max_age,
+            "login_presence": opts.login_presence,
             "component_options": opts.component_options,
             "modes": opts.modes,
             "webapp_delay": opts.webapp_delay,
