@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -12,7 +13,6 @@ from component.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
     Writer = Callable[[str], Path]
 
@@ -169,3 +169,14 @@ def test_api_password_may_come_from_the_environment(write: Writer) -> None:
     cfg = config.load(write(text), environ={config.API_PASSWORD_ENV: "pa55"})
     assert cfg.server.api_password == "pa55"
     assert "pa55" not in repr(cfg)
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    """deploy/config.example.toml loads as it is, the secret coming from the environment."""
+    example = Path(__file__).resolve().parents[2] / "deploy" / "config.example.toml"
+    cfg = config.load(example, environ={config.SECRET_ENV: "from-env"})
+    assert (cfg.server.kind, cfg.sync.reconcile_interval, cfg.sync.write_window) == (
+        "prosody",
+        3600,
+        64,
+    )
