@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
+from bench_webapp import roster
 from bench_xmpp import BenchClient, connect_client, connect_component, roster_items
 
 from tests.harness import ejabberd, prosody
@@ -280,6 +281,18 @@ class BenchProsody(prosody.ProsodyServer):
         )
 
 
+@dataclass(frozen=True)
+class Write:
+    """One roster item written straight into the server (no component): subscription both,
+    or its removal."""
+
+    user: str  # the username
+    contact: str  # a bare JID
+    name: str = ""
+    groups: tuple[str, ...] = ()
+    remove: bool = False
+
+
 class Target(Protocol):
     """A server under benchmark, whatever its kind."""
 
@@ -299,31 +312,46 @@ class Target(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def probe(self, window: int, users: Sequence[str], contacts: int) -> float: ...
+    async def write(self, window: int, writes: Sequence[Write]) -> float:
+        """Make every write with ``window`` in flight; the seconds until all are answered.
+        On Prosody, only while the component under test is not connected."""
+        ...
 
 
-def _probe_items(users: Sequence[str], contacts: int) -> list[tuple[str, str, str]]:
-    """(user, contact, name) for a probe: every user gets ``contacts`` items, as in a sync."""
+def probe_writes(users: Sequence[str], contacts: int) -> list[Write]:
+    """The raw write probe: every user gets ``contacts`` items, as in an initial sync."""
     return [
-        (user, f"probe-contact{c}@{DOMAIN}", f"Probe {c}")
+        Write(user, f"probe-contact{c}@{DOMAIN}", f"Probe {c}", ("Probe",))
         for user in users
         for c in range(contacts)
     ]
 
 
-async def _run_window(
-    window: int, items: Sequence[tuple[str, str, str]], write: Callable[..., Awaitable[None]]
+def roster_writes(user: str, roster: dict[str, Any]) -> list[Write]:
+    """A web app roster as writes (groups as the web app's set)."""
+    return [
+        Write(user, jid, str(item["name"]), tuple(item["groups"])) for jid, item in roster.items()
+    ]
+
+
+def change_writes(user: str, old: dict[str, Any], new: dict[str, Any]) -> list[Write]:
+    """What turns roster ``old`` into ``new``: removals, then additions."""
+    removals = [Write(user, jid, remove=True) for jid in old if jid not in new]
+    return removals + roster_writes(user, {j: i for j, i in new.items() if j not in old})
+
+
+async def _in_window(
+    window: int, writes: Sequence[Write], write: Callable[[Write], Awaitable[None]]
 ) -> float:
-    """Write every item with ``window`` writes in flight; items per second."""
-    queue = iter(items)
+    queue = iter(writes)
 
     async def worker() -> None:
-        for user, contact, name in queue:
-            await write(user, contact, name)
+        for each in queue:
+            await write(each)
 
     began = time.monotonic()
     await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(window))), PHASE_TIMEOUT)
-    return len(items) / (time.monotonic() - began)
+    return time.monotonic() - began
 
 
 class ProsodyTarget:
@@ -359,17 +387,20 @@ class ProsodyTarget:
     async def stop(self) -> None:
         await self.server.stop()
 
-    async def probe(self, window: int, users: Sequence[str], contacts: int) -> float:
+    async def write(self, window: int, writes: Sequence[Write]) -> float:
+        # The component's own JID: the harness's Prosody has one Component section.
         component = await connect_component(
             COMPONENT_JID, COMPONENT_SECRET, self.server.component_port
         )
         try:
             await asyncio.sleep(0.2)  # the server's privilege advertisement and disco queries
 
-            async def write(user: str, contact: str, name: str) -> None:
-                await component.set_roster_item(f"{user}@{DOMAIN}", contact, name, ["Probe"])
+            async def one(w: Write) -> None:
+                await component.set_roster_item(
+                    f"{w.user}@{DOMAIN}", w.contact, w.name, w.groups, remove=w.remove
+                )
 
-            return await _run_window(window, _probe_items(users, contacts), write)
+            return await _in_window(window, writes, one)
         finally:
             component.close()
             await asyncio.wait_for(component.closed, 10)
@@ -420,20 +451,27 @@ class EjabberdTarget:
     async def stop(self) -> None:
         self.server.stop()
 
-    async def probe(self, window: int, users: Sequence[str], contacts: int) -> float:
+    async def write(self, window: int, writes: Sequence[Write]) -> float:
         connector = aiohttp.TCPConnector(limit=window)
         async with aiohttp.ClientSession(connector=connector) as http:
 
-            async def write(user: str, contact: str, name: str) -> None:
-                args = ejabberd.add_rosteritem_args(
-                    self.server.build.name, user, DOMAIN, contact,
-                    name=name, groups=["Probe"], subscription="both",
-                )  # fmt: skip
-                result = await self._api(http, "add_rosteritem", args)
+            async def one(w: Write) -> None:
+                if w.remove:
+                    contact_user, _, contact_host = w.contact.rpartition("@")
+                    command, args = "delete_rosteritem", {
+                        "localuser": w.user, "localhost": DOMAIN,
+                        "user": contact_user, "host": contact_host,
+                    }  # fmt: skip
+                else:
+                    command, args = "add_rosteritem", ejabberd.add_rosteritem_args(
+                        self.server.build.name, w.user, DOMAIN, w.contact,
+                        name=w.name, groups=w.groups, subscription="both",
+                    )  # fmt: skip
+                result = await self._api(http, command, args)
                 if result != 0:
-                    raise RuntimeError(f"add_rosteritem: {result}")
+                    raise RuntimeError(f"{command}: {result}")
 
-            return await _run_window(window, _probe_items(users, contacts), write)
+            return await _in_window(window, writes, one)
 
 
 # --- the component ---------------------------------------------------------------------------
@@ -600,6 +638,7 @@ class Options:
     probe_users: int
     max_age: float
     login_presence: bool
+    bulk: bool
     component_options: dict[str, dict[str, object]]
     module: Path | None
     modes: list[str]
@@ -613,15 +652,24 @@ class Run:
     """One repeat of one mode: fresh server, fresh component, fresh clients."""
 
     def __init__(
-        self, bench: Bench, mode: str, workdir: Path, *, bulk: bool, probe: float | None
+        self,
+        bench: Bench,
+        mode: str,
+        workdir: Path,
+        *,
+        bulk: bool,
+        probe: tuple[float, int] | None,
     ) -> None:
         self.bench = bench
         self.opts = bench.opts
         self.mode = mode
         self.workdir = workdir
         self.bulk = bulk
-        self.probe_best = probe
+        # The raw write limit and the window it was reached with, once measured this repeat.
+        self.probe = probe
         self.figures: dict[str, float] = {}
+        # The online users' rosters are the web app's at this generation (bench_webapp.py).
+        self.generation = 0
         self.component: Component | None = None
         self.target: Target = self._target()
         # When the online users were last synced: logins come once that is max_age ago.
@@ -694,7 +742,7 @@ class Run:
     async def go(self) -> dict[str, float]:
         opts = self.opts
         names = [f"u{i}" for i in range(opts.users)]
-        windows = opts.windows if self.bulk else []
+        windows = opts.windows if self.probe is None and self.mode != "in-server" else []
         probe_users = [f"probe{w}x{i}" for w in windows for i in range(opts.probe_users)]
         await self.bench.webapp.setup(opts.users, opts.contacts, opts.webapp_delay)
         async with contextlib.AsyncExitStack() as stack:
@@ -704,14 +752,24 @@ class Run:
             began, first = time.monotonic(), await self.snapshot()
             if windows:
                 await self.measure_probe(windows)
+            online = names[: opts.clients]
+            if (
+                self.mode == "not-delegated"
+                and isinstance(self.target, ProsodyTarget)
+                and not self.bulk  # it would fill rosters the initial sync must write
+            ):
+                # Before the component connects: the probe takes its place.
+                await self.measure_raw_refresh_first(online)
             if self.mode != "in-server":
                 await self.start_component(stack, names)
-            fleet = Fleet(names[: opts.clients], self.target.c2s_port, opts.connect_concurrency)
+            fleet = Fleet(online, self.target.c2s_port, opts.connect_concurrency)
             stack.push_async_callback(fleet.close)
             await fleet.connect()
             await self.quiet()
             await self.measure_login(fleet)
             await self.measure_refresh(fleet)
+            if isinstance(self.target, EjabberdTarget):
+                await self.measure_raw_refresh(fleet)
             if self.component is not None:
                 peak = memory_mib(self.component.pid)
                 self.figures["rss.end"] = peak["VmRSS"]
@@ -727,7 +785,8 @@ class Run:
         for window in windows:
             users = [f"probe{window}x{i}" for i in range(self.opts.probe_users)]
             cpu = cpu_seconds(self.target.pid, tree=True)
-            rate = await self.target.probe(window, users, self.opts.contacts)
+            writes = probe_writes(users, self.opts.contacts)
+            rate = len(writes) / await self.target.write(window, writes)
             used = cpu_seconds(self.target.pid, tree=True) - cpu
             self.figures[f"probe.w{window}"] = rate
             self.figures[f"probe.w{window}_server_ms"] = (
@@ -735,7 +794,8 @@ class Run:
             )
             await self.quiet()
         best = max(windows, key=lambda w: self.figures[f"probe.w{w}"])
-        self.probe_best = self.figures["probe.best"] = self.figures[f"probe.w{best}"]
+        self.figures["probe.best"] = self.figures[f"probe.w{best}"]
+        self.probe = (self.figures["probe.best"], best)
         self.figures["probe.window"] = best
         self.figures["probe.server_ms"] = self.figures[f"probe.w{best}_server_ms"]
 
@@ -777,10 +837,8 @@ class Run:
             self.figures["initial.items_per_s"] = items / self.figures["initial.seconds"]
             self.figures["initial.server_ms"] = self.figures["initial.cpu_server"] / items * 1000
             self.figures["nochange.users_per_s"] = len(names) / self.figures["nochange.seconds"]
-            if self.probe_best:
-                self.figures["initial.ratio"] = (
-                    self.figures["initial.items_per_s"] / self.probe_best
-                )
+            if self.probe:
+                self.figures["initial.ratio"] = self.figures["initial.items_per_s"] / self.probe[0]
         else:
             # The online users' rosters must be in the server before they log in.
             await refresh(names[: opts.clients])
@@ -834,12 +892,22 @@ class Run:
 
     async def measure_refresh(self, fleet: Fleet) -> None:
         names = [client.username for client in fleet.clients]
-        await self.bench.webapp.set_generation(names, 1)
+        if not self.opts.login_presence:
+            # Online users have sent their presence (mod_http_roster_admin's refresh fails
+            # for a session without one, and never answers).
+            for client in fleet.clients:
+                client.send_presence()
+            await self.quiet()
+        self.generation += 1
+        await self.bench.webapp.set_generation(names, self.generation)
         refresh = self.refresh_call()
         pushed = fleet.expect_pushes(2 * len(names))  # one added, one removed contact each
         before = await self.snapshot()
         began = time.monotonic()
-        reply = await refresh(names)
+        try:
+            reply = await asyncio.wait_for(refresh(names), PUSH_TIMEOUT)
+        except TimeoutError:
+            reply = {"errors": len(names)}  # no answer at all: every user counts as failed
         self.figures["refresh.reply"] = time.monotonic() - began
         self.figures["refresh.errors"] = float(reply.get("errors", 0))
         try:
@@ -848,8 +916,55 @@ class Run:
             self.figures["refresh.missing_pushes"] = fleet.goal - fleet.push_items
         after = await self.snapshot()
         self.record("refresh", before, after, len(names))
-        if self.probe_best:
-            self.figures["refresh.raw_cost"] = 2 * len(names) / self.probe_best
+        if self.probe:
+            self.figures["refresh.raw_cost"] = 2 * len(names) / self.probe[0]
+        await self.quiet()
+
+    def roster(self, username: str, generation: int) -> dict[str, Any]:
+        opts = self.opts
+        return roster(int(username[1:]), opts.users, opts.contacts, DOMAIN, generation)
+
+    async def measure_raw_refresh_first(self, online: Sequence[str]) -> None:
+        """Prosody, before the component connects: the online users' rosters written straight
+        in, their clients logged in, then the refresh's change measured as the server's own."""
+        window = self.probe[1] if self.probe else 64
+        writes = [w for n in online for w in roster_writes(n, self.roster(n, self.generation))]
+        await self.target.write(window, writes)
+        fleet = Fleet(online, self.target.c2s_port, self.opts.connect_concurrency)
+        try:
+            await fleet.connect()
+            await fleet.ask_rosters(presence=True)
+            await self.quiet()
+            await self.measure_raw_refresh(fleet)
+        finally:
+            await fleet.close()
+        self.synced_at = time.monotonic()
+
+    async def measure_raw_refresh(self, fleet: Fleet) -> None:
+        """The refresh's change (one removal, one addition per online user) written straight
+        into the server at the probe's best window: what those writes cost the server alone,
+        until every push has reached the clients."""
+        names = [client.username for client in fleet.clients]
+        writes = [
+            w
+            for n in names
+            for w in change_writes(
+                n, self.roster(n, self.generation), self.roster(n, self.generation + 1)
+            )
+        ]
+        pushed = fleet.expect_pushes(len(writes))
+        cpu = cpu_seconds(self.target.pid, tree=True)
+        began = time.monotonic()
+        self.figures["raw.writes"] = await self.target.write(
+            self.probe[1] if self.probe else 64, writes
+        )
+        try:
+            self.figures["raw.pushes"] = await asyncio.wait_for(pushed, PUSH_TIMEOUT) - began
+        except TimeoutError:
+            self.figures["raw.missing_pushes"] = fleet.goal - fleet.push_items
+        self.figures["raw.cpu_server"] = cpu_seconds(self.target.pid, tree=True) - cpu
+        self.generation += 1
+        await self.bench.webapp.set_generation(names, self.generation)
         await self.quiet()
 
 
@@ -869,14 +984,15 @@ class Bench:
         await self.webapp.start()
         try:
             for repeat in range(opts.repeats):
-                probe: float | None = None
+                probe: tuple[float, int] | None = None
                 for mode in opts.modes:
                     print(f"run {repeat + 1}/{opts.repeats}: {MODE_TITLES[mode]} ...", flush=True)
                     workdir = self.root / f"run{repeat + 1}-{mode}"
-                    run = Run(self, mode, workdir, bulk=mode == bulk_mode, probe=probe)
+                    first = mode == bulk_mode
+                    run = Run(self, mode, workdir, bulk=first and opts.bulk, probe=probe)
                     self.label = run.target.label
                     figures = await run.go()
-                    probe = run.probe_best
+                    probe = run.probe
                     for key, value in figures.items():
                         self.samples[mode].setdefault(key, []).append(value)
                     print("    " + summary_line(figures), flush=True)
@@ -896,6 +1012,7 @@ FAILURES = {
     "nochange.errors": "users failed in the no-change refresh",
     "refresh.errors": "users failed in the refresh",
     "refresh.missing_pushes": "pushed items missing",
+    "raw.missing_pushes": "pushed items missing when the server wrote alone",
     "login.wrong_rosters": "rosters of the wrong size",
 }
 
@@ -1021,11 +1138,12 @@ def _table(bench: Bench) -> list[str]:
     ]
 
     def row(label: str, key: str, spec: str) -> None:
-        text = f"  {label:<{width - 2}}" + "".join(
-            f"{_fmt(med[m].get(key), spec):>18}" for m in modes
-        )
+        values(label, {m: med[m].get(key) for m in modes}, spec)
+
+    def values(label: str, by_mode: dict[str, float | None], spec: str) -> None:
+        text = f"  {label:<{width - 2}}" + "".join(f"{_fmt(by_mode[m], spec):>18}" for m in modes)
         for _, top, bottom in ratios:
-            a, b = med[top].get(key), med[bottom].get(key)
+            a, b = by_mode[top], by_mode[bottom]
             text += f"{_fmt(a / b if a is not None and b else None, '.2f') + 'x':>15}"
         lines.append(text)
 
@@ -1040,7 +1158,17 @@ def _table(bench: Bench) -> list[str]:
     lines.append(f"refresh of {k} online users, each +1 -1 contact")
     row("reply (s)", "refresh.reply", ".3f")
     row("all pushes at the clients (s)", "refresh.pushes", ".3f")
-    row(f"server's raw cost of the {2 * k} writes (s)", "refresh.raw_cost", ".3f")
+    row(f"{2 * k} writes at the raw write limit (s)", "refresh.raw_cost", ".3f")
+    row("same change, server alone: all pushes (s)", "raw.pushes", ".3f")
+    alone = next((med[m]["raw.pushes"] for m in modes if "raw.pushes" in med[m]), None)
+    values(
+        "all pushes / server alone",
+        {
+            m: med[m]["refresh.pushes"] / alone if alone and "refresh.pushes" in med[m] else None
+            for m in modes
+        },
+        ".2f",
+    )
     costs("refresh")
     lines.append(f"login: {k} clients ask for their roster at once")
     row("answer p50, less the web app (ms)", "login.p50", ".1f")
@@ -1120,6 +1248,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "old, so each login syncs once, as after a real absence (default: 10)",
     )
     parser.add_argument(
+        "--bulk",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the initial sync of N users and the no-change refresh (default: yes; without, "
+        "only the K online users are synced, unmeasured)",
+    )
+    parser.add_argument(
         "--login-presence",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -1185,6 +1320,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         probe_users=args.probe_users,
         max_age=args.max_age,
         login_presence=args.login_presence,
+        bulk=args.bulk,
         component_options=parse_component_options(args.component_option),
         module=args.in_server_module,
         modes=[m for m in MODES if m in modes],
@@ -1225,6 +1361,7 @@ def write_json(runner: Bench, path: str) -> None:
             "probe_users": opts.probe_users,
             "max_age": opts.max_age,
             "login_presence": opts.login_presence,
+            "bulk": opts.bulk,
             "component_options": opts.component_options,
             "modes": opts.modes,
             "webapp_delay": opts.webapp_delay,

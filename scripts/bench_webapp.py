@@ -134,7 +134,7 @@ class WebApp:
 async def serve() -> None:
     runner = web.AppRunner(WebApp().app(), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
     print(f"port {runner.addresses[0][1]}", flush=True)
     try:

@@ -292,15 +292,28 @@ class BenchComponent(_Stream):
             )
 
     async def set_roster_item(
-        self, user_jid: str, contact: str, name: str, groups: Iterable[str]
+        self,
+        user_jid: str,
+        contact: str,
+        name: str = "",
+        groups: Iterable[str] = (),
+        *,
+        remove: bool = False,
     ) -> None:
-        """A privileged roster SET of one item (subscription both) in the user's roster."""
+        """A privileged roster SET of one item in the user's roster: subscription both, or
+        the item's removal."""
         iq_id = self.next_id()
-        group_xml = "".join(f"<group>{escape(g)}</group>" for g in groups)
+        if remove:
+            item = f"<item jid={quoteattr(contact)} subscription='remove'/>"
+        else:
+            group_xml = "".join(f"<group>{escape(g)}</group>" for g in groups)
+            item = (
+                f"<item jid={quoteattr(contact)} name={quoteattr(name)} subscription='both'>"
+                f"{group_xml}</item>"
+            )
         await self.iq(
             f"<iq type='set' id='{iq_id}' from={quoteattr(self.jid)} to={quoteattr(user_jid)}>"
-            f"<query xmlns='{ROSTER_NS}'><item jid={quoteattr(contact)} name={quoteattr(name)} "
-            f"subscription='both'>{group_xml}</item></query></iq>",
+            f"<query xmlns='{ROSTER_NS}'>{item}</query></iq>",
             iq_id,
         )
 
