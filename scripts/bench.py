@@ -1153,6 +1153,7 @@ def _table(bench: Bench) -> list[str]:
         row("  CPU component (s)", f"{phase}.cpu_component", ".2f")
         row("web app requests per user", f"{phase}.webapp_per_user", ".2f")
         row("server requests per user", f"{phase}.server_per_user", ".2f")
+        row("CPU of the benchmark's clients (s)", f"{phase}.cpu_bench", ".2f")
 
     k = bench.opts.clients
     lines.append(f"refresh of {k} online users, each +1 -1 contact")
