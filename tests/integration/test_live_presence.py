@@ -66,17 +66,22 @@ async def online(system: System) -> AsyncIterator[tuple[TestClient, TestClient, 
         yield alice, phone, bob
 
 
+async def refresh_both(system: System, *, befriend: bool) -> tuple[float, float]:
+    """The web app makes alice and bob contacts (or strangers, as ``[]``) and says so;
+    when the refresh was sent and when it was answered."""
+    system.set_roster("alice", {jid("bob"): {"name": "Bob"}} if befriend else [])
+    system.set_roster("bob", {jid("alice"): {"name": "Alice"}} if befriend else [])
+    began = time.monotonic()
+    status, body = await system.refresh(["alice", "bob"])
+    assert (status, body["updated"]) == (200, 2)
+    return began, time.monotonic()
+
+
 async def test_new_contacts_see_each_other_online_at_once(system: System) -> None:
     """A refresh making two online users contacts delivers each one's current presence, every
     resource with its show and status, within a second of the reply."""
     async with online(system) as (alice, phone, bob):
-        began = time.monotonic()
-        system.set_roster("alice", {jid("bob"): {"name": "Bob"}})
-        system.set_roster("bob", {jid("alice"): {"name": "Alice"}})
-        status, body = await system.refresh(["alice", "bob"])
-        replied = time.monotonic()
-        assert (status, body["updated"]) == (200, 2)
-
+        began, replied = await refresh_both(system, befriend=True)
         seen = [
             await presence_from(bob, alice.jid, "available", began),
             await presence_from(bob, phone.jid, "available", began),
@@ -95,18 +100,11 @@ async def test_new_contacts_see_each_other_online_at_once(system: System) -> Non
 async def test_removed_contacts_see_each_other_go_offline_at_once(system: System) -> None:
     """A refresh removing a contact shows each side the other go unavailable within a second."""
     async with online(system) as (alice, phone, bob):
-        system.set_roster("alice", {jid("bob"): {"name": "Bob"}})
-        system.set_roster("bob", {jid("alice"): {"name": "Alice"}})
-        await system.refresh(["alice", "bob"])
+        await refresh_both(system, befriend=True)
         await presence_from(bob, phone.jid, "available", 0)
         await presence_from(alice, bob.jid, "available", 0)
 
-        began = time.monotonic()
-        system.set_roster("alice", [])
-        system.set_roster("bob", [])
-        status, body = await system.refresh(["alice", "bob"])
-        replied = time.monotonic()
-        assert (status, body["updated"]) == (200, 2)
+        began, replied = await refresh_both(system, befriend=False)
         seen = [
             await presence_from(bob, alice.jid, "unavailable", began),
             await presence_from(bob, phone.jid, "unavailable", began),
