@@ -776,7 +776,7 @@ class Run:
                 self.figures["rss.peak"] = peak["VmHWM"]
             self.record("run", first, await self.snapshot(), 1)
             wall = time.monotonic() - began
-            self.figures["run.others_share"] = self.figures["run.cpu_others"] / (
+            self.figures["run.others_share"] = max(0.0, self.figures["run.cpu_others"]) / (
                 wall * (os.cpu_count() or 1)
             )
         return self.figures
