@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from component import __version__
+from component.check import Checker
 from component.http_api import HttpApi
 from component.readiness import Readiness
 from component.reconcile import Reconciler
@@ -90,10 +91,15 @@ class Application:
             interval=config.sync.reconcile_interval,
             slots=max(1, config.sync.concurrency // 4),
         )
+        self.checker = Checker(
+            self.webapp, self.store, config.users.domain, on_drift=self.syncer.forget
+        )
         self.http = HttpApi(
             config.listener,
             domain=config.users.domain,
             refresher=self.syncer,
+            checker=self.checker,
+            online=self.online,
             readiness=self.readiness,
         )
         self._require_parts()

@@ -20,7 +20,9 @@ from component.errors import BadRequestError
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    from component.check import CheckResult
     from component.config import ListenerConfig
+    from component.roster import Contact
     from component.sync import SyncResult
 
     Job = Callable[[], Awaitable[SyncResult]]  # one user's sync, started when called
@@ -29,6 +31,8 @@ log = structlog.get_logger(__name__)
 
 REFRESH_PATH = "/roster_admin/refresh"
 ROSTERS_PATH = "/roster_admin/rosters"
+CHECK_PATH = "/roster_admin/check"
+ONLINE_PATH = "/roster_admin/online"
 _OPEN_PATHS = frozenset({"/healthz"})
 
 
@@ -36,6 +40,14 @@ class Refresher(Protocol):
     async def refresh(self, username: str) -> SyncResult: ...
 
     async def apply(self, username: str, roster: object) -> SyncResult: ...
+
+
+class Checker(Protocol):
+    async def check(self, username: str) -> CheckResult: ...
+
+
+class Online(Protocol):
+    def online_users(self) -> list[str]: ...
 
 
 class Readiness(Protocol):
@@ -119,6 +131,47 @@ def _counts(results: Sequence[SyncResult], began: float) -> web.Response:
     )
 
 
+def _contact_json(contact: Contact | None) -> dict[str, object] | None:
+    if contact is None:
+        return None
+    return {
+        "name": contact.name,
+        "groups": sorted(contact.groups),
+        "subscription": contact.subscription,
+        "ask": contact.ask,
+    }
+
+
+def _check_answer(result: CheckResult) -> web.Response:
+    """The answer to a check: each difference with the item as stored and as wanted."""
+    if result.error is not None:
+        return _json(502, status="error", message=result.error, username=result.username)
+    changes = [
+        {
+            "jid": change.jid,
+            "change": change.kind,
+            "fields": list(change.fields),
+            "was": _contact_json(change.was),
+            "now": _contact_json(change.now),
+        }
+        for change in result.changes
+    ]
+    return _json(
+        200,
+        status="ok",
+        message=_plural(len(changes), "difference") if changes else "in sync",
+        username=result.username,
+        in_sync=result.in_sync,
+        contacts=result.contacts,
+        changes=changes,
+        warnings=list(result.warnings),
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def normalize_username(name: str, domain: str) -> str:
     """The localpart ``name`` stands for on ``domain`` (nodeprep'd), or BadRequestError."""
     if not name or "@" in name or "/" in name:
@@ -133,17 +186,21 @@ def normalize_username(name: str, domain: str) -> str:
 class HttpApi:
     """Builds the aiohttp application; the app module runs it."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- one collaborator per kind of request, all keyword-only
         self,
         config: ListenerConfig,
         *,
         domain: str,
         refresher: Refresher,
+        checker: Checker,
+        online: Online,
         readiness: Readiness,
     ) -> None:
         self._config = config
         self._domain = domain
         self._refresher = refresher
+        self._checker = checker
+        self._online = online
         self._readiness = readiness
 
     def app(self) -> web.Application:
@@ -155,6 +212,8 @@ class HttpApi:
         app.router.add_post(REFRESH_PATH, self._refresh_many)
         app.router.add_post(ROSTERS_PATH, self._apply_many)
         app.router.add_get(REFRESH_PATH + "/{username}", self._refresh_one)
+        app.router.add_get(CHECK_PATH + "/{username}", self._check_one)
+        app.router.add_get(ONLINE_PATH, self._online_users)
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/metrics", self._metrics)
         return app
@@ -244,6 +303,31 @@ class HttpApi:
         if result.ok:
             return _json(200, status="ok", message="roster update complete")
         return _json(502, status="error", message=result.error or "roster update failed")
+
+    async def _check_one(self, request: web.Request) -> web.Response:
+        """How the server's copy of one roster differs from the web app's; nothing written."""
+        try:
+            username = normalize_username(request.match_info["username"], self._domain)
+        except BadRequestError as exc:
+            return _json(400, status="error", message=str(exc))
+        if (unavailable := self._not_ready()) is not None:
+            return unavailable
+        result = await self._checker.check(username)
+        log.info(
+            "check.done",
+            username=username,
+            in_sync=result.in_sync,
+            changes=len(result.changes),
+            error=result.error,
+        )
+        return _check_answer(result)
+
+    async def _online_users(self, _request: web.Request) -> web.Response:
+        """Who is online now: to refresh them, in chunks, with POST /roster_admin/refresh."""
+        if (unavailable := self._not_ready()) is not None:
+            return unavailable
+        users = sorted(self._online.online_users())
+        return _json(200, status="ok", message=_plural(len(users), "user") + " online", users=users)
 
     async def _health(self, _request: web.Request) -> web.Response:
         ready, reasons = self._readiness.ready, self._readiness.reasons

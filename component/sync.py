@@ -185,6 +185,11 @@ class Syncer:
         async with self._background_slots:
             return await self._sync(username, max_age=self._max_age)
 
+    def forget(self, username: str) -> None:
+        """Drop what we believe the server holds for the user (a check found it differs):
+        the next sync reads the server instead of trusting what we applied last."""
+        self._applied.pop(username, None)
+
     async def current_roster(self, username: str) -> Roster:
         """The roster the server holds for the user now. Raises StoreError."""
         return (await self._store.read(self.user_jid(username))).contacts

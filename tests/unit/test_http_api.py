@@ -9,9 +9,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from component.check import CheckResult, ItemChange
 from component.config import ListenerConfig
 from component.errors import BadRequestError
 from component.http_api import HttpApi, parse_usernames
+from component.roster import Contact
 from component.sync import SyncResult
 
 if TYPE_CHECKING:
@@ -22,14 +24,25 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Recorder:
-    """Stands in for the sync core: records refreshes, fails for chosen users."""
+    """Stands in for the sync core, the checker and the online users: records refreshes and
+    checks, fails for chosen users."""
 
     def __init__(self) -> None:
         self.refreshed: list[str] = []
         self.applied: dict[str, object] = {}
+        self.checked: list[str] = []
+        self.checks: dict[str, CheckResult] = {}
         self.failing: set[str] = set()
+        self.online: list[str] = []
         self.ready = True
         self.reasons: list[str] = []
+
+    def online_users(self) -> list[str]:
+        return list(self.online)
+
+    async def check(self, username: str) -> CheckResult:
+        self.checked.append(username)
+        return self.checks.get(username, CheckResult(username, contacts=2))
 
     async def refresh(self, username: str) -> SyncResult:
         await asyncio.sleep(0)
@@ -59,6 +72,8 @@ async def fixture_base_url(recorder: Recorder) -> AsyncIterator[str]:
         ),
         domain="example.test",
         refresher=recorder,
+        checker=recorder,
+        online=recorder,
         readiness=recorder,
     )
     runner = web.AppRunner(api.app())
@@ -319,3 +334,100 @@ async def test_bulk_has_its_own_size_limit_and_the_same_token(
     huge = '{"john": {"' + "x" * 500_000 + '@example.com": {}}}'
     assert (await post_rosters(http, base_url, huge))[0] == 413
     assert (await post_rosters(http, base_url, "{}", headers={}))[0] == 401
+
+
+async def get(
+    http: aiohttp.ClientSession, base_url: str, path: str, headers: dict[str, str] = AUTH
+) -> tuple[int, dict[str, object]]:
+    async with http.get(f"{base_url}{path}", headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_check_tells_each_difference_with_both_sides(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """GET /roster_admin/check/<username>: the differences, each item as stored and wanted."""
+    was = Contact("bob@example.com", "Bob", frozenset({"B", "A"}), "to", ask=True)
+    recorder.checks["jürgen"] = CheckResult(
+        "jürgen",
+        changes=(
+            ItemChange("bob@example.com", "update", was, Contact("bob@example.com", "Bob"),
+                       ("groups", "subscription", "ask")),
+            ItemChange("eve@example.com", "pending_request"),
+        ),
+        contacts=1,
+        warnings=("contact 'x': not a valid JID, skipped",),
+    )  # fmt: skip
+    status, body = await get(http, base_url, "/roster_admin/check/J%C3%BCrgen")
+    assert status == 200
+    assert body == {
+        "status": "ok",
+        "message": "2 differences",
+        "username": "jürgen",
+        "in_sync": False,
+        "contacts": 1,
+        "changes": [
+            {
+                "jid": "bob@example.com",
+                "change": "update",
+                "fields": ["groups", "subscription", "ask"],
+                "was": {"name": "Bob", "groups": ["A", "B"], "subscription": "to", "ask": True},
+                "now": {"name": "Bob", "groups": [], "subscription": "both", "ask": False},
+            },
+            {
+                "jid": "eve@example.com",
+                "change": "pending_request",
+                "fields": [],
+                "was": None,
+                "now": None,
+            },
+        ],
+        "warnings": ["contact 'x': not a valid JID, skipped"],
+    }
+    assert recorder.refreshed == []
+
+
+async def test_check_of_a_roster_in_sync(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """A roster in sync is 200 with no changes."""
+    status, body = await get(http, base_url, "/roster_admin/check/john")
+    assert (status, body["message"], body["in_sync"], body["changes"]) == (200, "in sync", True, [])
+    assert recorder.checked == ["john"]
+
+
+async def test_check_that_could_not_compare_says_why(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """A failed fetch or store read is 502 with the reason."""
+    recorder.checks["john"] = CheckResult("john", error="fetch failed: HTTP 500")
+    status, body = await get(http, base_url, "/roster_admin/check/john")
+    assert (status, body) == (
+        502,
+        {"status": "error", "message": "fetch failed: HTTP 500", "username": "john"},
+    )
+
+
+async def test_check_follows_the_refresh_rules(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """A bad username is 400, no token 401, not ready 503; none of them checks anything."""
+    assert (await get(http, base_url, "/roster_admin/check/a%20b"))[0] == 400
+    assert (await get(http, base_url, "/roster_admin/check/john", headers={}))[0] == 401
+    recorder.ready = False
+    assert (await get(http, base_url, "/roster_admin/check/john"))[0] == 503
+    assert recorder.checked == []
+
+
+async def test_online_lists_the_online_users_sorted(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """GET /roster_admin/online: who is online now, for a refresh of them all."""
+    recorder.online = ["zoe", "john"]
+    assert await get(http, base_url, "/roster_admin/online") == (
+        200,
+        {"status": "ok", "message": "2 users online", "users": ["john", "zoe"]},
+    )
+    assert (await get(http, base_url, "/roster_admin/online", headers={}))[0] == 401
+    recorder.ready = False
+    assert (await get(http, base_url, "/roster_admin/online"))[0] == 503
