@@ -30,7 +30,7 @@ async def read_events(
     """Collect JSON log lines until an event named ``until`` (every line must be JSON)."""
     while line := await stream.readline():
         events.append(json.loads(line))
-        if events[-1]["event"] == until:
+        if events[-1]["message"] == until:
             return
     raise AssertionError(f"stdout ended before {until}: {events}")
 
@@ -72,7 +72,7 @@ async def test_service_notifies_systemd_logs_json_and_stops_cleanly(
             told = await notifications(notify, until=b"READY=1")
             assert told[0].startswith(b"STATUS=not ready: not connected to the XMPP server")
             assert told[-1] == b"READY=1\nSTATUS=ready"
-        port = next(e["port"] for e in events if e["event"] == "http.listening")
+        port = next(e["roster_admin"]["port"] for e in events if e["message"] == "http.listening")
         async with (
             aiohttp.ClientSession() as http,
             http.post(
@@ -89,7 +89,7 @@ async def test_service_notifies_systemd_logs_json_and_stops_cleanly(
             assert await process.wait() == 0
             assert (await notifications(notify, until=b"STOPPING=1"))[0] == b"STOPPING=1"
         notify.close()
-    names = [e["event"] for e in events]
+    names = [e["message"] for e in events]
     assert names[0] == "app.starting"
     assert {"xmpp.connected", "sync.done", "refresh.done", "app.stopping"} <= set(names)
-    assert all({"event", "level", "timestamp", "logger"} <= e.keys() for e in events)
+    assert all({"@timestamp", "log.level", "ecs.version", "log"} <= e.keys() for e in events)
