@@ -349,12 +349,13 @@ class Syncer:
             async with self._writes:
                 await self._store.write(user, contact)
 
-        removed = await asyncio.gather(
-            *(remove(jid) for jid in changes.removals), return_exceptions=True
+        # Removals and upserts touch different contacts: one round trip for all of them.
+        outcomes = await asyncio.gather(
+            *(remove(jid) for jid in changes.removals),
+            *(write(contact) for contact in changes.upserts),
+            return_exceptions=True,
         )
-        written = await asyncio.gather(
-            *(write(contact) for contact in changes.upserts), return_exceptions=True
-        )
+        removed, written = outcomes[: len(changes.removals)], outcomes[len(changes.removals) :]
         failure: BaseException | None = None
         for jid, outcome in zip(changes.removals, removed, strict=True):
             if outcome is None:
