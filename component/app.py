@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from aiohttp import web
 
-from component import __version__
+from component import __version__, metrics
 from component.check import Checker
 from component.http_api import HttpApi
 from component.readiness import Readiness
@@ -51,6 +51,7 @@ class Application:
         # user's presence, and each user needs one sync, not one per presence.
         self._login_syncs: set[str] = set()
         self._runner: web.AppRunner | None = None
+        metrics.instrument_retries()
         self.webapp = WebAppClient(
             config.webapp.roster_url,
             token=config.webapp.token or None,

@@ -5,6 +5,8 @@ Callers decide by type; the message says what went wrong, for the log or the cal
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class ConfigError(Exception):
     """The configuration is missing, unreadable or invalid; the message says what to fix."""
@@ -21,13 +23,18 @@ class RosterFormatError(ValueError):
     """The web app's answer is not a roster at all."""
 
 
+# What went wrong with a fetch, for the metrics: "bad_body" is a 200 that is not a roster.
+FetchErrorKind = Literal["timeout", "refused", "5xx", "4xx", "bad_body", "too_large", "other"]
+
+
 class FetchError(Exception):
     """A roster could not be fetched; the user's roster must stay as it was."""
 
-    def __init__(self, username: str, reason: str) -> None:
+    def __init__(self, username: str, reason: str, kind: FetchErrorKind = "other") -> None:
         super().__init__(f"cannot fetch the roster of {username!r}: {reason}")
         self.username = username
         self.reason = reason
+        self.kind: FetchErrorKind = kind
 
 
 class TransientFetchError(FetchError):

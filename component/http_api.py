@@ -34,6 +34,7 @@ ROSTERS_PATH = "/roster_admin/rosters"
 CHECK_PATH = "/roster_admin/check"
 ONLINE_PATH = "/roster_admin/online"
 _OPEN_PATHS = frozenset({"/healthz"})
+_COUNTED_PREFIX = "/roster_admin/"
 
 
 class Refresher(Protocol):
@@ -207,7 +208,7 @@ class HttpApi:
         app = web.Application(
             # The larger of the two limits; each endpoint enforces its own.
             client_max_size=max(self._config.max_body_bytes, self._config.max_rosters_bytes),
-            middlewares=[self._authenticate],
+            middlewares=[self._count, self._authenticate],
         )
         app.router.add_post(REFRESH_PATH, self._refresh_many)
         app.router.add_post(ROSTERS_PATH, self._apply_many)
@@ -217,6 +218,23 @@ class HttpApi:
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/metrics", self._metrics)
         return app
+
+    @web.middleware
+    async def _count(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Refresh requests by the status they were answered with (401 and 413 included)."""
+        if not request.path.startswith(_COUNTED_PREFIX):
+            return await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            metrics.REFRESH_REQUESTS.labels(status=str(exc.status)).inc()
+            raise
+        metrics.REFRESH_REQUESTS.labels(status=str(response.status)).inc()
+        return response
 
     @web.middleware
     async def _authenticate(

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import aiohttp
 import stamina
 import structlog
 import yarl
 
+from component import metrics
 from component.errors import FetchError, RosterFormatError, TransientFetchError
 from component.roster import ParsedRoster, parse_webapp_roster
+
+if TYPE_CHECKING:
+    from component.errors import FetchErrorKind
 
 __all__ = ["WebAppClient", "roster_url"]
 
@@ -112,8 +116,9 @@ class WebAppClient:
             try:
                 return parse_webapp_roster(data, owner)
             except RosterFormatError as exc:
-                raise FetchError(username, str(exc)) from None
+                raise FetchError(username, str(exc), "bad_body") from None
         except FetchError as exc:
+            metrics.FETCH_ERRORS.labels(kind=exc.kind).inc()
             log.warning(
                 "webapp.fetch_failed", username=username, reason=exc.reason, attempt=attempt
             )
@@ -125,16 +130,21 @@ class WebAppClient:
             # web app that moved should get its configuration fixed, not silently tolerated.
             async with self._get_session().get(url, allow_redirects=False) as response:
                 if response.status != 200:
-                    error = TransientFetchError if response.status >= 500 else FetchError
-                    raise error(username, f"HTTP {response.status}")
+                    status = response.status
+                    if status >= 500:
+                        raise TransientFetchError(username, f"HTTP {status}", "5xx")
+                    kind: FetchErrorKind = "4xx" if 400 <= status < 500 else "other"
+                    raise FetchError(username, f"HTTP {status}", kind)
                 body = await self._read_capped(response, username)
         # Before ClientError: aiohttp's own timeout errors are both.
         except TimeoutError:
-            raise TransientFetchError(username, f"timed out after {self._timeout}s") from None
+            raise TransientFetchError(
+                username, f"timed out after {self._timeout}s", "timeout"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             refused = isinstance(exc.os_error, ConnectionRefusedError)
             reason = "connection refused" if refused else f"cannot connect: {exc.os_error}"
-            raise TransientFetchError(username, reason) from exc
+            raise TransientFetchError(username, reason, "refused" if refused else "other") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise TransientFetchError(
                 username, f"connection broken ({type(exc).__name__})"
@@ -148,7 +158,7 @@ class WebAppClient:
             return json.loads(body)
         # RecursionError: absurdly deep nesting is not a roster either.
         except (ValueError, RecursionError):
-            raise FetchError(username, "not JSON") from None
+            raise FetchError(username, "not JSON", "bad_body") from None
 
     async def _read_capped(self, response: aiohttp.ClientResponse, username: str) -> bytes:
         # Counted as it streams in: Content-Length may be absent (chunked) or compressed.
@@ -156,7 +166,7 @@ class WebAppClient:
         async for chunk in response.content.iter_any():
             body += chunk
             if len(body) > self._max_bytes:
-                raise FetchError(username, f"too large (over {self._max_bytes} bytes)")
+                raise FetchError(username, f"too large (over {self._max_bytes} bytes)", "too_large")
         return bytes(body)
 
     def _get_session(self) -> aiohttp.ClientSession:

@@ -64,6 +64,7 @@ class ComponentLink:
         self._connected = False
         self._stopping = False
         self._attempt = 0
+        self._was_up = False
         self._reconnect: asyncio.TimerHandle | None = None
         self._listeners: list[Callable[[bool], None]] = []
         xmpp = ComponentXMPP(config.jid, config.secret)
@@ -159,12 +160,17 @@ class ComponentLink:
     def _on_session_start(self, _event: object) -> None:
         self._connected = True
         self._attempt = 0
+        metrics.XMPP_CONNECTED.set(1)
+        if self._was_up:
+            metrics.XMPP_RECONNECTS.inc()
+        self._was_up = True
         log.info("xmpp.connected", jid=self._config.jid)
         self._notify()
 
     def _on_disconnected(self, reason: object) -> None:
         was_connected, self._connected = self._connected, False
         self._pending.fail_all("the XMPP link went down before the answer")
+        metrics.XMPP_CONNECTED.set(0)
         if was_connected:
             (log.info if self._stopping else log.warning)(
                 "xmpp.disconnected", reason=str(reason) if reason else None

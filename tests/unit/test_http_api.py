@@ -7,17 +7,23 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
+import stamina
 from aiohttp import web
+from stamina.instrumentation import set_on_retry_hooks
 
+from component import metrics
 from component.check import CheckResult, ItemChange
 from component.config import ListenerConfig
 from component.errors import BadRequestError
 from component.http_api import HttpApi, parse_usernames
 from component.roster import Contact
 from component.sync import SyncResult
+from component.webapp import WebAppClient
+from tests.harness.webapp import FakeWebApp
+from tests.unit.sampling import sample
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
 TOKEN = "let-me-in"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -431,3 +437,49 @@ async def test_online_lists_the_online_users_sorted(
     assert (await get(http, base_url, "/roster_admin/online", headers={}))[0] == 401
     recorder.ready = False
     assert (await get(http, base_url, "/roster_admin/online"))[0] == 503
+
+
+async def test_refresh_requests_are_counted_by_status(
+    http: aiohttp.ClientSession, base_url: str, recorder: Recorder
+) -> None:
+    """refresh_requests_total{status}: every answer of the refresh endpoints, 401 included."""
+    before = {code: sample("refresh_requests_total", status=code) for code in ("200", "401", "503")}
+    await post(http, base_url, '["john"]')
+    await post(http, base_url, '["john"]', headers={})
+    recorder.ready = False
+    await post(http, base_url, '["john"]')
+    async with http.get(f"{base_url}/healthz"):
+        pass
+    after = {code: sample("refresh_requests_total", status=code) for code in before}
+    assert {code: after[code] - before[code] for code in before} == {"200": 1, "401": 1, "503": 1}
+
+
+@pytest.fixture(name="retries_counted")
+def fixture_retries_counted() -> Iterator[None]:
+    """stamina's hooks as the service installs them, without backoff; defaults restored."""
+    metrics.instrument_retries()
+    with stamina.set_testing(True, attempts=2):
+        yield
+    set_on_retry_hooks(None)
+
+
+@pytest.mark.usefixtures("retries_counted")
+async def test_stamina_retries_are_served_in_metrics(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    """A fetch retried after a 5xx shows in /metrics as stamina's retry counter."""
+    line = (
+        'stamina_retries_total{callable="<context block>",'
+        'error_type="component.errors.TransientFetchError",retry_num="1"}'
+    )
+
+    async def retries() -> float:
+        async with http.get(f"{base_url}/metrics", headers=AUTH) as resp:
+            text = await resp.text()
+        return next((float(s.split()[-1]) for s in text.splitlines() if s.startswith(line)), 0)
+
+    before = await retries()
+    async with FakeWebApp() as webapp, WebAppClient(webapp.url_template, user_agent="t") as client:
+        webapp.upcoming = ["error"]
+        await client.fetch("john", "john@example.test")
+    assert await retries() == before + 1

@@ -15,6 +15,7 @@ from component.errors import FetchError
 from component.roster import Contact
 from component.webapp import WebAppClient, roster_url
 from tests.harness.webapp import Answer, FakeWebApp
+from tests.unit.sampling import sample
 
 OWNER = "john@example.org"
 MARIE = "marie@example.com"
@@ -263,3 +264,33 @@ async def test_empty_username(client: WebAppClient, webapp: FakeWebApp) -> None:
     """An empty username is refused without a request: it would name another resource."""
     assert (await fetch_error(client, "")).reason == "empty username"
     assert webapp.requests == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        ("error", "5xx"),
+        ("garbage", "bad_body"),
+        ("not_object", "bad_body"),
+        ("hang", "timeout"),
+        ("down", "refused"),
+        ("not_found", "4xx"),
+        ("too_large", "too_large"),
+    ],
+)
+async def test_failed_attempts_are_counted_by_kind(
+    make_client: MakeClient, webapp: FakeWebApp, answer: str, kind: str
+) -> None:
+    """webapp_fetch_errors_total{kind} grows by one per failed attempt."""
+    settings: dict[str, Any] = {"attempts": 1, "timeout": 0.2, "max_bytes": 1024}
+    if answer == "not_found":
+        settings["url_template"] = webapp.url_template.replace("/contacts/", "/nowhere/")
+    elif answer == "too_large":
+        webapp.rosters["john"] = {f"user{i}@example.com": {} for i in range(100)}
+    else:
+        await webapp.set_mode(answer)  # type: ignore[arg-type]
+    before = sample("webapp_fetch_errors_total", kind=kind)
+
+    await fetch_error(make_client(**settings))
+
+    assert sample("webapp_fetch_errors_total", kind=kind) == before + 1
