@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from aiohttp import web
 
-from component import __version__, metrics
+from component import __version__, metrics, systemd
 from component.check import Checker
 from component.http_api import HttpApi
 from component.readiness import Readiness
@@ -62,6 +60,10 @@ class Application:
         )
         self.readiness = Readiness()
         self.link = ComponentLink(config.component, iq_timeout=config.sync.xmpp_timeout)
+        # A reconnection attempt comes at most reconnect_max_delay after the server is back.
+        self._link_health = systemd.LinkHealth(
+            self.link, grace=systemd.LINK_GRACE + config.component.reconnect_max_delay
+        )
         self.grants = Grants(self.link, config.users.domain)
         self.online = OnlineUsers(self.link, config.users.domain, self._on_available)
         self.delegation = DelegatedRosters(
@@ -118,7 +120,7 @@ class Application:
         self.readiness.require(self.delegation.problem)
         self.link.on_state(lambda _: self.readiness.update())
         self.grants.on_change(self.readiness.update)
-        self.readiness.on_change(_notify_systemd)
+        self.readiness.on_change(systemd.notify_readiness)
 
     @property
     def http_port(self) -> int:
@@ -139,6 +141,8 @@ class Application:
         self.link.start()
         if self.config.sync.reconcile_interval:
             self._spawn(self.reconciler.run())
+        if (period := systemd.watchdog_period()) is not None:
+            self._spawn(systemd.Watchdog(period, self._link_health.problem).run())
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight refreshes finish (bounded), then close the links.
@@ -147,7 +151,7 @@ class Application:
         is cut short) before the XMPP link closes.
         """
         log.info("app.stopping")
-        _sd_notify("STOPPING=1")
+        systemd.notify("STOPPING=1")
         if self._runner is not None:
             await self._runner.cleanup()
         for task in list(self._tasks):
@@ -226,21 +230,3 @@ def _roster_store(
                 timeout=config.sync.xmpp_timeout,
                 on_change=readiness.update,
             )
-
-
-def _notify_systemd(ready: bool, reasons: list[str]) -> None:
-    if ready:
-        _sd_notify("READY=1\nSTATUS=ready")
-    else:
-        _sd_notify("STATUS=not ready: " + "; ".join(reasons))
-
-
-def _sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract socket namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(message.encode(), address)
