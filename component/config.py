@@ -30,6 +30,13 @@ SECRET_ENV = "HTTP_ROSTER_ADMIN_SECRET"  # noqa: S105
 LISTENER_TOKEN_ENV = "HTTP_ROSTER_ADMIN_LISTENER_TOKEN"  # noqa: S105
 WEBAPP_TOKEN_ENV = "HTTP_ROSTER_ADMIN_WEBAPP_TOKEN"  # noqa: S105
 API_PASSWORD_ENV = "HTTP_ROSTER_ADMIN_API_PASSWORD"  # noqa: S105
+# Every secret: (section, key, the environment variable that supplies and overrides it).
+SECRETS = (
+    ("component", "secret", SECRET_ENV),
+    ("listener", "token", LISTENER_TOKEN_ENV),
+    ("webapp", "token", WEBAPP_TOKEN_ENV),
+    ("server", "api_password", API_PASSWORD_ENV),
+)
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
@@ -208,12 +215,7 @@ def load(path: Path, environ: dict[str, str] | None = None) -> Config:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    for section, key, var in (
-        ("component", "secret", SECRET_ENV),
-        ("listener", "token", LISTENER_TOKEN_ENV),
-        ("webapp", "token", WEBAPP_TOKEN_ENV),
-        ("server", "api_password", API_PASSWORD_ENV),
-    ):
+    for section, key, var in SECRETS:
         if env.get(var) and isinstance(raw.get(section, {}), dict):
             raw.setdefault(section, {})[key] = env[var]
     try:

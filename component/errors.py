@@ -16,6 +16,11 @@ class BadRequestError(ValueError):
     """A refresh request is not what the endpoint accepts; the message says why."""
 
 
+class ServiceError(Exception):
+    """The command line could not reach the running service, or it refused the request
+    (token, not ready, bad request); the message says why and what to check."""
+
+
 # --- the web app ---------------------------------------------------------------------------
 
 

@@ -1,0 +1,1 @@
+"""Operator commands: they ask the running service over its HTTP listener."""
