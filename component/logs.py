@@ -63,6 +63,9 @@ def setup(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = 
 
     structlog.configure(
         processors=[
+            # First: a debug line at info level then costs a level check, not a timestamp
+            # and a dict (syncs log at debug per user; 10,000 users refresh at once).
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

@@ -151,6 +151,13 @@ def test_library_debug_lines_show_at_debug(log_setup: Callable[..., io.StringIO]
     assert lines(out)[0]["message"] == "SEND: <iq/>"
 
 
+def test_own_debug_events_show_at_debug(log_setup: Callable[..., io.StringIO]) -> None:
+    """The level check that drops debug events early lets them through at level debug."""
+    out = log_setup("debug")
+    structlog.get_logger("component.sync").debug("sync.unchanged", contacts=3)
+    assert lines(out)[0]["event"]["action"] == "sync.unchanged"
+
+
 def test_auto_is_ecs_json_when_not_on_a_terminal(log_setup: Callable[..., io.StringIO]) -> None:
     """Under systemd (stdout is no terminal) "auto" writes the ECS lines."""
     out = log_setup("info", "auto")
