@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -532,10 +533,15 @@ class Component:
 
 
 async def post_refresh(
-    http: aiohttp.ClientSession, url: str, names: Sequence[str], headers: dict[str, str]
+    http: aiohttp.ClientSession,
+    url: str,
+    names: Sequence[str] | Mapping[str, object],
+    headers: dict[str, str],
 ) -> dict[str, Any]:
+    """A refresh (usernames) or a bulk apply (rosters by username); its counts."""
     timeout = aiohttp.ClientTimeout(total=PHASE_TIMEOUT)
-    async with http.post(url, json=list(names), headers=headers, timeout=timeout) as response:
+    payload = dict(names) if isinstance(names, Mapping) else list(names)
+    async with http.post(url, json=payload, headers=headers, timeout=timeout) as response:
         body: dict[str, Any] = await response.json(content_type=None)
         if response.status != 200:
             raise RuntimeError(f"refresh answered {response.status}: {body}")
@@ -849,6 +855,7 @@ class Run:
                 self.record(phase, before, after, len(names))
                 self.synced_at = time.monotonic()
                 await self.quiet()
+            await self.measure_nochange_inline(names)
             items = len(names) * opts.contacts
             self.figures["initial.items_per_s"] = items / self.figures["initial.seconds"]
             self.figures["initial.server_ms"] = self.figures["initial.cpu_server"] / items * 1000
@@ -858,6 +865,24 @@ class Run:
             await refresh(names[: opts.clients])
             self.synced_at = time.monotonic()
             await self.quiet()
+
+    async def measure_nochange_inline(self, names: Sequence[str]) -> None:
+        """The same no-change refresh through the bulk endpoint: rosters in the request."""
+        assert self.component is not None
+        opts = self.opts
+        body = {name: roster(int(name[1:]), opts.users, opts.contacts, DOMAIN, 0) for name in names}
+        url = f"{self.component.url}/roster_admin/rosters"
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        before = await self.snapshot()
+        began = time.monotonic()
+        reply = await post_refresh(self.bench.http, url, body, headers)
+        took = time.monotonic() - began
+        after = await self.snapshot()
+        self.figures["inline.seconds"] = took
+        self.figures["inline.errors"] = float(reply.get("errors", 0))
+        self.figures["inline.users_per_s"] = len(names) / took
+        self.record("inline", before, after, len(names))
+        await self.quiet()
 
     def refresh_call(self) -> Callable[[Sequence[str]], Awaitable[dict[str, Any]]]:
         http = self.bench.http
@@ -1024,6 +1049,7 @@ class Bench:
 FAILURES = {
     "initial.errors": "users failed in the initial sync",
     "nochange.errors": "users failed in the no-change refresh",
+    "inline.errors": "users failed in the no-change bulk apply",
     "refresh.errors": "users failed in the refresh",
     "refresh.missing_pushes": "pushed items missing",
     "raw.missing_pushes": "pushed items missing when the server wrote alone",
@@ -1136,6 +1162,11 @@ def _bulk_report(bench: Bench) -> list[str]:
                 f"{bulk['nochange.seconds']:.2f} s, {bulk['nochange.users_per_s']:.0f} users/s"
             ),
             "    " + _costs(bulk, "nochange"),
+            (
+                f"  the same, rosters sent inline (POST /roster_admin/rosters): "
+                f"{bulk['inline.seconds']:.2f} s, {bulk['inline.users_per_s']:.0f} users/s"
+            ),
+            "    " + _costs(bulk, "inline"),
         ]
     return lines
 
