@@ -10,8 +10,9 @@ import pytest
 from tests.harness.prosody import BUILD_NAMES, ProsodyBuild, ProsodyError, ProsodyServer
 from tests.harness.prosody import require_build as _require_build
 
-# The ejabberd fixtures (one shared server per build, fresh accounts per test).
-pytest_plugins = ("tests.integration.ejabberd_fixtures",)
+# The ejabberd fixtures (one shared server per build, fresh accounts per test); the check
+# that no secret reaches the component's logs; pytester, to test that check.
+pytest_plugins = ("tests.integration.ejabberd_fixtures", "tests.harness.log_secrets", "pytester")
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Generator

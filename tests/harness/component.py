@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import tomli_w
 
+from tests.harness import log_secrets
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
@@ -49,6 +51,7 @@ def component_config(
     }
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
+    log_secrets.configured(config)
     return tomli_w.dumps(config)
 
 

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import functools
 import re
+import secrets
 import signal
 import socket
 import tempfile
@@ -227,7 +228,7 @@ class ProsodyServer:
         *,
         domain: str = "example.test",
         component_jid: str = "roster.example.test",
-        component_secret: str = "test-component-secret",  # noqa: S107 - test-only
+        component_secret: str | None = None,
         delegate_roster: bool = True,
         s2s: bool = False,
         shipped_config: bool = True,
@@ -237,7 +238,8 @@ class ProsodyServer:
         self.workdir = workdir
         self.domain = domain
         self.component_jid = component_jid
-        self.component_secret = component_secret
+        # Random: tests/harness/log_secrets.py looks for it in the component's logs.
+        self.component_secret = component_secret or secrets.token_urlsafe(24)
         self.delegate_roster = delegate_roster
         self.s2s = s2s
         # False: a plain server with none of our snippet, standing in for somebody else's.

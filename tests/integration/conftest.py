@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
 
 DOMAIN = "example.test"
 PASSWORD = "pw"
-TOKEN = "refresh-token"
+# Random, so that tests/harness/log_secrets.py can look for them in the component's logs.
+TOKEN = secrets.token_urlsafe(24)
+WEBAPP_TOKEN = secrets.token_urlsafe(24)
 USERS = ("alice", "bob", "carol", "dave")
 READY_TIMEOUT = 15.0
 
@@ -199,7 +202,7 @@ def write_config(
     ``overrides`` change single keys: ``sync={"reconcile_interval": 2}``."""
     sections: dict[str, dict[str, object]] = {
         "component": {"reconnect_max_delay": 1},
-        "webapp": {"timeout": 1, "attempts": 2},
+        "webapp": {"timeout": 1, "attempts": 2, "token": WEBAPP_TOKEN},
         "listener": {"token": TOKEN},
         "sync": {"max_age": 0, "xmpp_timeout": 5, "answer_timeout": 5, "reconcile_interval": 0},
         "log": {"format": "console", "level": "debug"},

@@ -3,6 +3,7 @@ component writes through, unreachable or protected by ejabberd's own authenticat
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING
 
 import pytest
@@ -81,7 +82,9 @@ async def test_an_api_behind_ejabberds_own_auth(
                 assert await alice.get_roster() == {jid("bob"): item("Bob", ["Team"])}
             await protected.stop_component()
 
-            write_test_config(config_path, server, webapp, server={"api_password": "wrong"})
+            write_test_config(
+                config_path, server, webapp, server={"api_password": secrets.token_urlsafe(24)}
+            )
             app = await protected.start_component(wait=False)
             await eventually(lambda: any("HTTP 401" in r for r in app.readiness.reasons))
             status, body = await health(protected)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 
+from tests.harness import log_secrets
 from tests.integration.conftest import TOKEN, write_config
 
 if TYPE_CHECKING:
@@ -22,13 +23,16 @@ if TYPE_CHECKING:
 
 
 pytestmark = pytest.mark.integration
+COMMAND = "http-roster-admin run"
 
 
 async def read_events(
     stream: asyncio.StreamReader, events: list[dict[str, Any]], until: str
 ) -> None:
-    """Collect JSON log lines until an event named ``until`` (every line must be JSON)."""
+    """Collect JSON log lines until an event named ``until`` (every line must be JSON); each is
+    also looked for secrets at the end of the session."""
     while line := await stream.readline():
+        log_secrets.component_output(COMMAND, line.decode())
         events.append(json.loads(line))
         if events[-1]["message"] == until:
             return
@@ -87,6 +91,8 @@ async def test_service_notifies_systemd_logs_json_and_stops_cleanly(
         async with asyncio.timeout(15):
             await read_events(process.stdout, events, "app.stopped")
             assert await process.wait() == 0
+            for line in (await process.stdout.read()).decode().splitlines():
+                log_secrets.component_output(COMMAND, line)
             assert (await notifications(notify, until=b"STOPPING=1"))[0] == b"STOPPING=1"
         notify.close()
     names = [e["message"] for e in events]
