@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.harness import log_secrets
 from tests.integration.conftest import System, eventually, item, jid, write_config
 from tests.integration.test_live_presence import drift_alice
 from tests.unit.test_config import GOOD
@@ -29,7 +30,8 @@ async def cli(
     system: System, *args: str, env: dict[str, str] | None = None
 ) -> tuple[int, str, str]:
     """``python -m component ARGS --config FILE`` as a process, with the component's config
-    (its listener's real port in place of 0): exit code, stdout, stderr."""
+    (its listener's real port in place of 0): exit code, stdout, stderr (both also looked for
+    secrets at the end of the session)."""
     assert system.app is not None
     path = system.config_path.with_name("cli.toml")
     write_config(path, system.server, system.webapp, listener={"port": system.app.http_port})
@@ -43,6 +45,8 @@ async def cli(
     async with asyncio.timeout(60):
         out, err = await process.communicate()
     assert process.returncode is not None
+    for line in (out + err).decode().splitlines():
+        log_secrets.component_output(f"http-roster-admin {args[0]}", line)
     return process.returncode, out.decode(), err.decode()
 
 
