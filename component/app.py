@@ -14,6 +14,7 @@ from component.check import Checker
 from component.http_api import HttpApi
 from component.readiness import Readiness
 from component.reconcile import Reconciler
+from component.roster import version
 from component.store.ejabberd import AdminApiRosterStore
 from component.store.privileged import PrivilegedRosterStore
 from component.sync import Syncer
@@ -175,11 +176,12 @@ class Application:
         finally:
             await self.stop()
 
-    async def _roster_for(self, username: str) -> Roster:
+    async def _roster_for(self, username: str) -> tuple[Roster, str]:
         """The roster to answer a user's roster request with.
 
         A fresh sync when needed; if that fails, takes too long or is cut short by shutdown,
         the last good roster the server holds (a sync still running pushes what it changes).
+        With it, its version (XEP-0237).
         """
         sync = self._spawn(self.syncer.ensure_fresh(username))
         try:
@@ -194,9 +196,10 @@ class Application:
                 raise
             log.info("roster.answer_from_store", user=username, why="sync cancelled")
         else:
-            if result.ok and result.roster is not None:
-                return result.roster
-        return await self.syncer.current_roster(username)
+            if result.ok and result.roster is not None and result.version is not None:
+                return result.roster, result.version
+        roster = await self.syncer.current_roster(username)
+        return roster, version(roster)
 
     def _on_available(self, username: str) -> None:
         if not self.readiness.ready or username in self._login_syncs:

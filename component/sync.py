@@ -59,6 +59,7 @@ class SyncResult:
     ok: bool
     roster: Roster | None = None  # what the server now stores, when known
     error: str | None = None
+    version: str | None = None  # the roster's version (XEP-0237), with the roster
 
 
 @dataclass(slots=True)
@@ -263,7 +264,7 @@ class Syncer:
         if known is not None and known.digest == wanted:
             metrics.SYNCS.labels(result="unchanged").inc()
             bound.debug("sync.unchanged", contacts=len(parsed.roster))
-            return SyncResult(username, ok=True, roster=parsed.roster)
+            return SyncResult(username, ok=True, roster=parsed.roster, version=wanted.hex())
         # Until this sync succeeds, what the server holds is not known.
         self._applied.pop(username, None)
         applied = _Applied()
@@ -299,7 +300,7 @@ class Syncer:
             metrics.SYNCS.labels(result="store_failed").inc()
             _log_store_failure(bound, failure)
             return SyncResult(username, ok=False, error=f"server store: {failure}")
-        self._applied[username] = _Known.of(now)
+        self._applied[username] = applied_now = _Known.of(now)
         metrics.SYNCS.labels(result="ok").inc()
         metrics.ITEMS_WRITTEN.inc(len(applied.upserts))
         metrics.ITEMS_REMOVED.inc(len(applied.removals))
@@ -314,7 +315,7 @@ class Syncer:
             read=known is None,
             duration_ms=round((time.perf_counter() - began) * 1000, 1),
         )
-        return SyncResult(username, ok=True, roster=now)
+        return SyncResult(username, ok=True, roster=now, version=applied_now.digest.hex())
 
     async def _fetch(self, username: str, user: str) -> ParsedRoster:
         with metrics.FETCH_SECONDS.time():

@@ -266,3 +266,16 @@ def test_delegated_error_carries_the_condition(request_: stanzas.DelegatedReques
     error = inner.find("{jabber:client}error")
     assert error is not None
     assert error.get("type") == "cancel"
+
+
+@pytest.mark.parametrize(
+    "contact",
+    [
+        Contact("bob@example.test"),
+        Contact("bob@example.test", name="\"&<>'", groups=frozenset({"&&&", '""'})),
+        Contact("bob@example.test", name="Ünïcødé 🎉", groups=frozenset({"日本"})),
+    ],
+)
+def test_the_size_bound_is_never_below_the_serialized_size(contact: Contact) -> None:
+    query = stanzas.roster_query({contact.jid: contact}, "v1")
+    assert stanzas.size_bound(query) >= len(ET.tostring(query, encoding="unicode").encode())

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from component.errors import FetchError, ItemRefusedError, StoreError
-from component.roster import Contact, ParsedRoster, Roster, RosterDiff, StoredRoster
+from component.roster import Contact, ParsedRoster, Roster, RosterDiff, StoredRoster, version
 from component.sync import Syncer
 
 if TYPE_CHECKING:
@@ -298,6 +298,19 @@ async def test_one_refused_item_does_not_block_the_rest(syncer: Syncer, store: M
     assert list(store.rosters["alice@example.test"]) == ["carol@example.test"]
     assert result.roster is not None
     assert list(result.roster) == ["carol@example.test"]
+    assert result.version == version(result.roster)
+
+
+async def test_a_result_carries_its_rosters_version(syncer: Syncer, webapp: ScriptedWebApp) -> None:
+    """Written or unchanged, the roster comes with its version (answers need not hash it)."""
+    written = await syncer.refresh("alice")
+    unchanged = await syncer.refresh("alice")
+    webapp.rosters["alice"] = {BOB: Contact(BOB, "Robert")}
+    changed = await syncer.refresh("alice")
+    for result in (written, unchanged, changed):
+        assert result.roster is not None
+        assert result.version == version(result.roster)
+    assert written.version == unchanged.version != changed.version
 
 
 async def test_privilege_errors_are_not_skipped(syncer: Syncer, store: MemoryStore) -> None:

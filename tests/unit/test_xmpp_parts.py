@@ -214,9 +214,10 @@ def make_delegation(
     max_bytes: int = 100_000,
     expected: bool = True,
 ) -> DelegatedRosters:
-    async def roster_for(username: str) -> Roster:
+    async def roster_for(username: str) -> tuple[Roster, str]:
         await asyncio.sleep(0)
-        return provider(username)
+        roster = provider(username)
+        return roster, version(roster)
 
     return DelegatedRosters(
         link,
