@@ -133,7 +133,12 @@ class Application:
 
     async def start(self) -> None:
         listener = self.config.listener
-        self._runner = web.AppRunner(self.http.app(), access_log=None, shutdown_timeout=10.0)
+        # Requests still running when the stop timeout cuts the syncs short finish writing.
+        self._runner = web.AppRunner(
+            self.http.app(),
+            access_log=None,
+            shutdown_timeout=listener.stop_timeout + self.config.sync.xmpp_timeout,
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, listener.host, listener.port).start()
         log.info("http.listening", host=listener.host, port=self.http_port, version=__version__)
@@ -148,13 +153,21 @@ class Application:
     async def stop(self) -> None:
         """Stop accepting, let in-flight refreshes finish (bounded), then close the links.
 
+        Refreshes get ``listener.stop_timeout`` seconds; then syncs not begun or still fetching
+        are answered as failed, and writes in flight finish (no roster is left half-written).
         Users waiting for their roster are answered (from the server's store if their sync
         is cut short) before the XMPP link closes.
         """
         log.info("app.stopping")
         systemd.notify("STOPPING=1")
+        loop = asyncio.get_running_loop()
+        cut = loop.call_later(self.config.listener.stop_timeout, self._cut_short)
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # stops accepting, waits for the requests in flight
+        cut.cancel()
+        self.syncer.stop()  # background syncs (logins, reconciliation) are not waited for
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.syncer.wait_idle(), self.config.sync.xmpp_timeout)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -168,6 +181,10 @@ class Application:
         self.readiness.stop()
         await self.webapp.close()
         log.info("app.stopped")
+
+    def _cut_short(self) -> None:
+        log.warning("app.stop_timeout", after_s=self.config.listener.stop_timeout)
+        self.syncer.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()

@@ -109,6 +109,9 @@ class ListenerConfig(_Section):
     # about 15 MB of JSON.
     max_rosters_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     max_users: Annotated[int, Field(ge=1)] = 10_000
+    # At shutdown, how long refreshes in flight may go on; what is not done then is answered
+    # as failed. Keep systemd's TimeoutStopSec above this plus sync.xmpp_timeout plus 10 s.
+    stop_timeout: Annotated[float, Field(ge=0)] = 10.0
 
 
 class ServerConfig(_Section):

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+_STOPPING = "not done: the component is stopping"
+
 
 class Fetcher(Protocol):
     async def fetch(self, username: str, owner: str) -> ParsedRoster: ...
@@ -144,6 +146,14 @@ class Syncer:
         # Users synced within max_age, oldest first (pruned as new outcomes arrive).
         self._last: OrderedDict[str, _Outcome] = OrderedDict()
         self._tickets = itertools.count()
+        # Shutdown: once stopping, no sync starts and fetches in flight are cut short (nothing
+        # is written before a fetch ends); writes in flight finish, so that no roster is left
+        # half-written.
+        self._stopping = False
+        self._fetches: set[asyncio.Task[ParsedRoster]] = set()
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def user_jid(self, username: str) -> str:
         return f"{username}@{self._domain}"
@@ -186,6 +196,16 @@ class Syncer:
         async with self._background_slots:
             return await self._sync(username, max_age=self._max_age)
 
+    def stop(self) -> None:
+        """Start no more syncs (each fails as not done) and cut fetches in flight short."""
+        self._stopping = True
+        for fetch in list(self._fetches):
+            fetch.cancel()
+
+    async def wait_idle(self) -> None:
+        """Until no sync runs: after ``stop()``, until the writes in flight are done."""
+        await self._idle.wait()
+
     def forget(self, username: str) -> None:
         """Drop what we believe the server holds for the user (a check found it differs):
         the next sync reads the server instead of trusting what we applied last."""
@@ -227,7 +247,16 @@ class Syncer:
                     return SyncResult(username, ok=True)
                 started = next(self._tickets)
                 async with self._slots:
-                    result = await self._run(username, repair=repair, supplied=supplied)
+                    if self._stopping:
+                        return SyncResult(username, ok=False, error=_STOPPING)
+                    self._running += 1
+                    self._idle.clear()
+                    try:
+                        result = await self._run(username, repair=repair, supplied=supplied)
+                    finally:
+                        self._running -= 1
+                        if not self._running:
+                            self._idle.set()
                 self._remember(username, _Outcome(started, self._clock(), result.ok, result))
                 return result
         finally:
@@ -318,8 +347,19 @@ class Syncer:
         return SyncResult(username, ok=True, roster=now, version=applied_now.digest.hex())
 
     async def _fetch(self, username: str, user: str) -> ParsedRoster:
-        with metrics.FETCH_SECONDS.time():
-            return await self._fetcher.fetch(username, user)
+        # Its own task, so that stop() can cut it short without cancelling the caller.
+        fetch = asyncio.ensure_future(self._fetcher.fetch(username, user))
+        self._fetches.add(fetch)
+        fetch.add_done_callback(self._fetches.discard)
+        try:
+            with metrics.FETCH_SECONDS.time():
+                return await fetch
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not fetch.cancelled() or (current is not None and current.cancelling()):
+                fetch.cancel()  # the caller was cancelled: its fetch goes with it
+                raise
+            raise FetchError(username, _STOPPING) from None
 
     async def _announce(self, user: str, before: Roster, applied: _Applied) -> None:
         """Live presence for contacts whose presence relationship began or ended."""

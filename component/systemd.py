@@ -39,7 +39,14 @@ def notify(message: str) -> None:
     if address.startswith("@"):
         address = "\0" + address[1:]  # abstract socket namespace
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(message.encode(), address)
+        # Never block the event loop: with systemd behind on its queue, a message is lost
+        # (a watchdog ping, most likely; the next one follows) rather than the whole service
+        # waiting for it.
+        sock.setblocking(False)  # noqa: FBT003 -- socket's own API
+        try:
+            sock.sendto(message.encode(), address)
+        except BlockingIOError:
+            log.warning("systemd.notify_dropped", message=message, why="systemd's queue is full")
 
 
 def notify_readiness(ready: bool, reasons: list[str]) -> None:

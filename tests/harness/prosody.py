@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Self
 from tests.harness.files import replace_once, sub_once, tails
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
     from types import TracebackType
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -508,6 +508,16 @@ VirtualHost {_lua_str(self.domain)}
             self.write_config()
         await self.prosodyctl("register", user, self.domain, password)
         return f"{user}@{self.domain}"
+
+    def add_accounts(self, users: Iterable[str], password: str) -> None:
+        """Create many accounts at once, as internal storage files (prosodyctl register takes
+        a Lua process per account); the server reads them on demand, running or not."""
+        accounts = self.data_dir / _storage_name(self.domain) / "accounts"
+        accounts.mkdir(parents=True, exist_ok=True)
+        for user in users:
+            (accounts / f"{_storage_name(user)}.dat").write_text(
+                f'return {{\n\t["password"] = "{password}";\n}};\n'
+            )
 
     async def stored_roster(self, user: str, timeout: float = 10.0) -> StoredRoster:
         """What the internal storage holds for `user`@domain's roster (saved at each change).

@@ -36,6 +36,7 @@ class FakeWebApp:
         self.rosters: dict[str, dict[str, object] | list[object]] = {}
         self.requests: list[RecordedRequest] = []
         self.upcoming: list[Answer] = []
+        self.delay = 0.0  # seconds before each answer: a slow web app
         self._mode: Mode = "ok"
         self._port = 0
         self._runner: web.AppRunner | None = None
@@ -86,6 +87,8 @@ class FakeWebApp:
         username = request.match_info["username"]
         self.requests.append(RecordedRequest(request.raw_path, username, request.headers))
         answer = self.upcoming.pop(0) if self.upcoming else self._mode
+        if self.delay:
+            await asyncio.sleep(self.delay)
         match answer:
             case "error":
                 return web.Response(status=500, text="boom")

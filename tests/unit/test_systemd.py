@@ -168,3 +168,12 @@ async def test_no_ping_before_the_link_was_ever_up(
 def test_watchdog_period_is_half_of_systemds(environ: dict[str, str], period: float) -> None:
     """Half of WatchdogSec=; nothing when off or meant for another process."""
     assert systemd.watchdog_period(environ) == period
+
+
+def test_a_full_queue_never_blocks_the_service(notify_socket: socket.socket) -> None:
+    """systemd behind on its queue: messages are dropped with a warning, the caller goes on."""
+    with capture_logs() as logs:
+        for _ in range(2000):
+            systemd.notify("WATCHDOG=1")
+    assert "systemd.notify_dropped" in [e["event"] for e in logs]
+    assert received(notify_socket)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from component import config
+
 UNIT = Path(__file__).parents[2] / "deploy" / "http-roster-admin.service"
 
 
@@ -30,3 +32,13 @@ def test_the_watchdog_is_on() -> None:
     settings = unit_settings()
     assert (settings["Type"], settings["WatchdogSec"]) == ("notify", "30s")
     assert settings["Environment"] == "PYTHONFAULTHANDLER=1"
+
+
+def test_systemd_waits_longer_than_the_component_takes_to_stop() -> None:
+    """TimeoutStopSec covers the example config's stop timeout, the writes in flight and the
+    link's close (README), so that systemd never kills a clean shutdown."""
+    example = config.load(
+        UNIT.parent / "config.example.toml", environ={"HTTP_ROSTER_ADMIN_SECRET": "s"}
+    )
+    needed = example.listener.stop_timeout + example.sync.xmpp_timeout + 10
+    assert float(unit_settings()["TimeoutStopSec"].removesuffix("s")) > needed
