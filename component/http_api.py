@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from slixmpp.jid import JID, InvalidJID
+from slixmpp.jid import JID
 
 from component import metrics
 from component.errors import BadRequestError
@@ -179,7 +179,8 @@ def normalize_username(name: str, domain: str) -> str:
         raise BadRequestError(f"not a valid username: {name!r}")
     try:
         jid = JID(f"{name}@{domain}")
-    except InvalidJID:
+    # InvalidJID is a ValueError; so is the UnicodeError a lone surrogate (JSON "\ud800") causes.
+    except ValueError:
         raise BadRequestError(f"not a valid username: {name!r}") from None
     return str(jid.user)
 

@@ -159,6 +159,7 @@ async def test_empty_list_answers_at_once(
         ('["a@b"]', "not a valid username"),
         ('["a/b"]', "not a valid username"),
         ('[""]', "not a valid username"),
+        ('["x\\ud800"]', "not a valid username"),  # a lone surrogate, escaped
         (b"\xff\xfe", "not JSON"),
         ("[" * 100_000, "nested too deeply"),
     ],
