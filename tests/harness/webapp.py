@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Literal, Self
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping
+
+    # Answers one user's request its own way: any status, body or delivery.
+    Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # How the next answer goes wrong, if it does.
 Answer = Literal["ok", "error", "garbage", "not_object", "hang"]
@@ -28,7 +31,8 @@ class FakeWebApp:
     """Serves GET /contacts/{username} from `rosters` on 127.0.0.1 and a free port.
 
     `upcoming` answers are used one per request, first to last, before `mode` applies again:
-    `["error", "error"]` makes the next two requests fail with HTTP 500.
+    `["error", "error"]` makes the next two requests fail with HTTP 500. A user with an entry in
+    `handlers` is answered by it instead.
     """
 
     def __init__(self) -> None:
@@ -37,6 +41,9 @@ class FakeWebApp:
         self.requests: list[RecordedRequest] = []
         self.upcoming: list[Answer] = []
         self.delay = 0.0  # seconds before each answer: a slow web app
+        self.handlers: dict[str, Handler] = {}
+        self.in_flight = 0
+        self.peak_in_flight = 0  # requests being answered at once, at most
         self._mode: Mode = "ok"
         self._port = 0
         self._runner: web.AppRunner | None = None
@@ -63,7 +70,8 @@ class FakeWebApp:
         """Listen, on the same port as before if there was one."""
         self._release = asyncio.Event()
         app = web.Application()
-        app.router.add_get("/contacts/{username}", self._contacts)
+        # Any one segment: aiohttp's default pattern would not match usernames with { or }.
+        app.router.add_get("/contacts/{username:[^/]+}", self._contacts)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._port)
@@ -86,6 +94,16 @@ class FakeWebApp:
     async def _contacts(self, request: web.Request) -> web.StreamResponse:
         username = request.match_info["username"]
         self.requests.append(RecordedRequest(request.raw_path, username, request.headers))
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, username)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request, username: str) -> web.StreamResponse:
+        if (handler := self.handlers.get(username)) is not None:
+            return await handler(request)
         answer = self.upcoming.pop(0) if self.upcoming else self._mode
         if self.delay:
             await asyncio.sleep(self.delay)
