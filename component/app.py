@@ -57,6 +57,8 @@ class Application:
             timeout=config.webapp.timeout,
             attempts=config.webapp.attempts,
             max_bytes=config.webapp.max_bytes,
+            circuit_failures=config.webapp.circuit_failures,
+            circuit_cooldown=config.webapp.circuit_cooldown,
             user_agent=USER_AGENT,
         )
         self.readiness = Readiness()

@@ -87,6 +87,10 @@ class WebAppConfig(_Section):
     timeout: Seconds = 10.0
     attempts: Annotated[int, Field(ge=1, le=10)] = 3
     max_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    # Requests in a row that got no answer before the web app is taken to be down; then
+    # fetches fail at once, and one probe goes per cooldown until it answers.
+    circuit_failures: Annotated[int, Field(ge=1)] = 5
+    circuit_cooldown: Seconds = 5.0
 
     @field_validator("roster_url")
     @classmethod

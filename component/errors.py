@@ -46,6 +46,15 @@ class TransientFetchError(FetchError):
     """A fetch failure another attempt may not repeat: network trouble, timeout, 5xx."""
 
 
+class UnreachableError(TransientFetchError):
+    """No answer from the web app (refused, timed out, cut off), or a gateway in front of it
+    saying it is down (502, 503, 504): what the circuit breaker counts."""
+
+
+class WebAppDownError(FetchError):
+    """The web app is taken to be down (the circuit is open): it was not asked."""
+
+
 # --- the server's roster store, in words that do not depend on the server ------------------
 
 

@@ -83,3 +83,15 @@ def count_retry(details: RetryDetails) -> None:
 def instrument_retries() -> None:
     """Count stamina's retries here and log them through structlog (its default logging)."""
     set_on_retry_hooks([count_retry, StructlogOnRetryHook])
+
+
+CIRCUIT_OPEN = Gauge(
+    "webapp_circuit_open",
+    "1 while the web app is taken to be down and fetches fail at once (circuit open).",
+    registry=REGISTRY,
+)
+CIRCUIT_OPENED = Counter(
+    "webapp_circuit_opened",
+    "Times the web app was found down (the circuit opened after failures in a row).",
+    registry=REGISTRY,
+)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import urllib.parse
@@ -13,7 +15,14 @@ import structlog
 import yarl
 
 from component import metrics
-from component.errors import FetchError, RosterFormatError, TransientFetchError
+from component.breaker import CircuitBreaker, CircuitChange
+from component.errors import (
+    FetchError,
+    RosterFormatError,
+    TransientFetchError,
+    UnreachableError,
+    WebAppDownError,
+)
 from component.roster import ParsedRoster, parse_webapp_roster
 
 if TYPE_CHECKING:
@@ -29,6 +38,8 @@ _WAIT_MAX = 2.0
 _WAIT_JITTER = 0.5
 # On top of attempts * timeout, room for the backoff waits in the overall retry budget.
 _RETRY_SLACK = 5.0
+# A gateway's way of saying the web app behind it is down or overloaded.
+_GATEWAY_DOWN = frozenset({502, 503, 504})
 
 
 def roster_url(template: str, username: str) -> str:
@@ -52,6 +63,8 @@ class WebAppClient:
         timeout: float = 10.0,
         attempts: int = 3,
         max_bytes: int = 1_048_576,
+        circuit_failures: int = 5,
+        circuit_cooldown: float = 5.0,
         user_agent: str,
     ) -> None:
         self._template = url_template
@@ -62,6 +75,13 @@ class WebAppClient:
         if token is not None:
             self._headers["Authorization"] = f"Bearer {token}"
         self._session: aiohttp.ClientSession | None = None
+        # While the web app is clearly down, fetches fail at once instead of each waiting out
+        # its attempts: a 10,000-user refresh answers in seconds, logins get the stored roster.
+        self._circuit = CircuitBreaker(
+            threshold=circuit_failures, cooldown=circuit_cooldown, on_change=self._circuit_changed
+        )
+        # Set (and replaced) when a probe's outcome is known: fetches waiting on it go on.
+        self._settled = asyncio.Event()
 
     async def __aenter__(self) -> Self:
         self._get_session()
@@ -87,6 +107,8 @@ class WebAppClient:
         # would decode and re-normalize it (%2E%2E becoming "..").
         url = yarl.URL(roster_url(self._template, username), encoded=True)
         started = time.monotonic()
+        # Before the retries: while the web app is down, refusing costs next to nothing.
+        await self._admitted(username)
         async for attempt in stamina.retry_context(
             on=TransientFetchError,
             attempts=self._attempts,
@@ -111,8 +133,10 @@ class WebAppClient:
     async def _attempt(
         self, url: yarl.URL, username: str, owner: str, attempt: int
     ) -> ParsedRoster:
+        if attempt > 1:
+            await self._admitted(username)
         try:
-            data = await self._get_json(url, username)
+            data = await self._answered(url, username)
             try:
                 return parse_webapp_roster(data, owner)
             except RosterFormatError as exc:
@@ -124,6 +148,60 @@ class WebAppClient:
             )
             raise
 
+    async def _admitted(self, username: str) -> None:
+        """Wait for our turn: none while the web app is down; while a probe is out, its
+        outcome (so the first refresh after an outage is served whole, not one user of it).
+
+        Not logged per user: the circuit's own events say the web app is down.
+        """
+        deadline = time.monotonic() + self._timeout
+        while not self._circuit.allow():
+            remaining = deadline - time.monotonic()
+            if self._circuit.state == "open" or remaining <= 0:
+                raise WebAppDownError(username, self._circuit.reason)
+            # Bounded: a probe whose caller was cancelled never reports.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), remaining)
+
+    def _circuit_changed(self, change: CircuitChange) -> None:
+        metrics.CIRCUIT_OPEN.set(change.state != "closed")
+        match change:
+            case CircuitChange(state="open", previous="closed"):
+                metrics.CIRCUIT_OPENED.inc()
+                log.warning(
+                    "webapp.circuit_open", failures=change.failures, last_error=change.reason
+                )
+            case CircuitChange(state="open"):
+                log.warning(
+                    "webapp.circuit_probe_failed",
+                    error=change.reason,
+                    down_for_s=round(change.down_for, 1),
+                )
+            case CircuitChange(state="half-open"):
+                log.info("webapp.circuit_probe", down_for_s=round(change.down_for, 1))
+            case CircuitChange(state="closed"):
+                log.info("webapp.circuit_closed", down_for_s=round(change.down_for, 1))
+        if change.state != "half-open":
+            self._settled.set()
+            self._settled = asyncio.Event()
+
+    async def _answered(self, url: yarl.URL, username: str) -> object:
+        """The decoded answer; what the request showed of the web app told to the circuit.
+        Any answer from the web app itself (a 404, a 500, garbage) shows it is up."""
+        try:
+            data = await self._get_json(url, username)
+        except UnreachableError as exc:
+            self._circuit.failure(exc.reason)
+            if self._circuit.state == "open":
+                # No retry (nor its backoff wait) while the web app is down.
+                raise WebAppDownError(username, self._circuit.reason, exc.kind) from exc
+            raise
+        except FetchError:
+            self._circuit.success()
+            raise
+        self._circuit.success()
+        return data
+
     async def _get_json(self, url: yarl.URL, username: str) -> object:
         try:
             # Redirects are not followed: the credential must not travel to another host, and a
@@ -131,6 +209,8 @@ class WebAppClient:
             async with self._get_session().get(url, allow_redirects=False) as response:
                 if response.status != 200:
                     status = response.status
+                    if status in _GATEWAY_DOWN:
+                        raise UnreachableError(username, f"HTTP {status}", "5xx")
                     if status >= 500:
                         raise TransientFetchError(username, f"HTTP {status}", "5xx")
                     kind: FetchErrorKind = "4xx" if 400 <= status < 500 else "other"
@@ -138,17 +218,15 @@ class WebAppClient:
                 body = await self._read_capped(response, username)
         # Before ClientError: aiohttp's own timeout errors are both.
         except TimeoutError:
-            raise TransientFetchError(
+            raise UnreachableError(
                 username, f"timed out after {self._timeout}s", "timeout"
             ) from None
         except aiohttp.ClientConnectorError as exc:
             refused = isinstance(exc.os_error, ConnectionRefusedError)
             reason = "connection refused" if refused else f"cannot connect: {exc.os_error}"
-            raise TransientFetchError(username, reason, "refused" if refused else "other") from exc
+            raise UnreachableError(username, reason, "refused" if refused else "other") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise TransientFetchError(
-                username, f"connection broken ({type(exc).__name__})"
-            ) from exc
+            raise UnreachableError(username, f"connection broken ({type(exc).__name__})") from exc
         except aiohttp.ClientError as exc:
             raise FetchError(username, f"request failed ({type(exc).__name__})") from exc
 

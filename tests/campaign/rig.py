@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from component.check import Checker
 from component.config import ListenerConfig
 from component.http_api import HttpApi
 from component.sync import Syncer
@@ -31,8 +32,13 @@ ROSTERS = "/roster_admin/rosters"
 
 
 class _Ready:
+    """Always ready, and nobody online: there is no XMPP server here."""
+
     ready = True
     reasons: list[str] = []  # noqa: RUF012 - never changed
+
+    def online_users(self) -> list[str]:
+        return []
 
 
 @dataclass
@@ -87,6 +93,8 @@ async def running_rig(
             ListenerConfig(port=0, token=TOKEN, **(listener or {})),
             domain=DOMAIN,
             refresher=syncer,
+            checker=Checker(client, store, DOMAIN, on_drift=syncer.forget),
+            online=_Ready(),
             readiness=_Ready(),
         )
         runner = web.AppRunner(api.app(), access_log=None)

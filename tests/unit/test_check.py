@@ -8,7 +8,8 @@ from component.check import Checker, ItemChange, compare
 from component.errors import StoreUnavailableError
 from component.roster import Contact, StoredRoster
 from component.sync import Syncer
-from tests.unit.test_sync import DOMAIN, MemoryStore, ScriptedWebApp
+from tests.harness.memory_store import MemoryStore
+from tests.unit.test_sync import DOMAIN, ScriptedWebApp
 
 ALICE = f"alice@{DOMAIN}"
 BOB = Contact("bob@example.test", "Bob", frozenset({"Team"}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 import stamina
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from component.errors import FetchError
@@ -294,3 +296,88 @@ async def test_failed_attempts_are_counted_by_kind(
     await fetch_error(make_client(**settings))
 
     assert sample("webapp_fetch_errors_total", kind=kind) == before + 1
+
+
+async def test_a_web_app_that_is_down_is_not_asked(
+    make_client: MakeClient, webapp: FakeWebApp
+) -> None:
+    """After failures in a row without an answer, fetches fail at once without a request,
+    saying the web app is down, and are not retried; the circuit's opening is logged."""
+    client = make_client(attempts=3, circuit_failures=3, circuit_cooldown=60)
+    await webapp.set_mode("down")
+    with capture_logs() as logs:
+        first = await fetch_error(client)
+        await webapp.set_mode("error")
+        error = await fetch_error(client, "aaron")
+    down = "web app down (3 failures in a row, last: connection refused); not asked"
+    assert first.reason.startswith(down)
+    assert error.reason.startswith(down)
+    assert webapp.requests == []
+    [opened] = [e for e in logs if e["event"] == "webapp.circuit_open"]
+    assert (opened["failures"], opened["last_error"]) == (3, "connection refused")
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_a_gateway_saying_down_counts_as_no_answer(
+    make_client: MakeClient, webapp: FakeWebApp, status: int
+) -> None:
+    """A proxy's 502, 503 or 504 says the web app behind it is down, like a refused connection."""
+
+    async def gateway(_request: object) -> web.Response:
+        return web.Response(status=status)
+
+    webapp.handlers["john"] = gateway
+    client = make_client(attempts=2, circuit_failures=2)
+    await fetch_error(client)
+    assert (await fetch_error(client)).reason.startswith("web app down")
+    assert len(webapp.requests) == 2
+
+
+async def test_any_answer_from_the_web_app_keeps_the_circuit_closed(
+    make_client: MakeClient, webapp: FakeWebApp
+) -> None:
+    """A 500, a 404 or garbage come from the web app itself: it is up, whatever it says."""
+    client = make_client(attempts=2, circuit_failures=2)
+    for mode in ("error", "garbage", "error"):
+        await webapp.set_mode(mode)
+        assert not (await fetch_error(client)).reason.startswith("web app down")
+    assert len(webapp.requests) == 5
+
+
+async def test_the_circuit_closes_by_itself_when_the_web_app_is_back(
+    make_client: MakeClient, webapp: FakeWebApp
+) -> None:
+    """After the cooldown one probe goes, the fetches that come meanwhile wait for its
+    outcome, and when it is answered they all go on."""
+    client = make_client(attempts=1, circuit_failures=1, circuit_cooldown=0.2)
+    await webapp.set_mode("down")
+    await fetch_error(client)
+    await webapp.set_mode("ok")
+    assert (await fetch_error(client)).reason.startswith("web app down")
+    await asyncio.sleep(0.2)
+    with capture_logs() as logs:
+        parsed = await asyncio.gather(*(client.fetch("john", OWNER) for _ in range(5)))
+    assert all(list(p.roster) == [MARIE] for p in parsed)
+    assert [e["event"] for e in logs if e["event"].startswith("webapp.circuit")] == [
+        "webapp.circuit_probe",
+        "webapp.circuit_closed",
+    ]
+    assert len(webapp.requests) == 5
+
+
+async def test_a_failed_probe_fails_the_fetches_waiting_on_it(
+    make_client: MakeClient, webapp: FakeWebApp
+) -> None:
+    """Still down after the cooldown: the probe fails, and so do at once those behind it."""
+    client = make_client(attempts=1, circuit_failures=1, circuit_cooldown=0.2)
+    await webapp.set_mode("down")
+    await fetch_error(client)
+    await asyncio.sleep(0.2)
+    with capture_logs() as logs:
+        errors = await asyncio.gather(
+            *(client.fetch("john", OWNER) for _ in range(5)), return_exceptions=True
+        )
+    reasons = [e.reason for e in errors if isinstance(e, FetchError)]
+    assert len(reasons) == 5
+    assert all(r.startswith("web app down (1 failures in a row, last: connection") for r in reasons)
+    assert "webapp.circuit_probe_failed" in [e["event"] for e in logs]
