@@ -6,6 +6,7 @@ and the unit can load them from a credentials store.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from typing import TYPE_CHECKING, Annotated, Literal, Self
@@ -188,6 +189,16 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_listener(self) -> Self:
+        # Anyone who can reach the listener could make it fetch and rewrite every roster.
+        if not self.listener.token and not _is_loopback(self.listener.host):
+            raise ValueError(
+                f"listener.token is required when listener.host ({self.listener.host!r}) is "
+                f"not a loopback address (or set {LISTENER_TOKEN_ENV})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_server(self) -> Self:
         server = self.server
         if server.kind == "ejabberd":
@@ -211,6 +222,15 @@ class Config(_Section):
         elif server.api_url or server.api_user or server.api_password:
             raise ValueError('server.api_url and api_user are only for kind = "ejabberd"')
         return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "" (every address)
+        return False
 
 
 def load(path: Path, environ: dict[str, str] | None = None) -> Config:

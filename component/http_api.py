@@ -173,6 +173,14 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
+def token_matches(authorization: str, token: str) -> bool:
+    """Whether an Authorization header carries the bearer token. In constant time, so that how
+    long a refusal takes tells nothing about how much of a guess was right."""
+    # Bytes, because compare_digest refuses non-ASCII text (a header may carry any).
+    given = authorization.encode(errors="surrogateescape")
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
 def normalize_username(name: str, domain: str) -> str:
     """The localpart ``name`` stands for on ``domain`` (nodeprep'd), or BadRequestError."""
     if not name or "@" in name or "/" in name:
@@ -244,13 +252,10 @@ class HttpApi:
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         token = self._config.token
-        if token and request.path not in _OPEN_PATHS:
-            given = request.headers.get("Authorization", "")
-            # Bytes, because compare_digest refuses non-ASCII text (a header may carry any).
-            expected = f"Bearer {token}".encode()
-            if not hmac.compare_digest(given.encode(errors="surrogateescape"), expected):
-                log.warning("http.unauthorized", path=request.path, remote=request.remote)
-                return _json(401, status="error", message="missing or wrong bearer token")
+        given = request.headers.get("Authorization", "")
+        if token and request.path not in _OPEN_PATHS and not token_matches(given, token):
+            log.warning("http.unauthorized", path=request.path, remote=request.remote)
+            return _json(401, status="error", message="missing or wrong bearer token")
         return await handler(request)
 
     def _not_ready(self) -> web.Response | None:

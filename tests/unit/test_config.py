@@ -107,6 +107,15 @@ def test_secrets_are_not_in_the_repr(write: Writer) -> None:
             'only for kind = "ejabberd"',
         ),
         (("[users]", "[user]"), "missing key users"),
+        (
+            ('host = "127.0.0.1"\nport = 5285\ntoken = "t0ken"', 'host = "0.0.0.0"'),
+            "listener.token is required when listener.host ('0.0.0.0') is not a loopback",
+        ),
+        (('host = "127.0.0.1"\nport = 5285\ntoken = "t0ken"', 'host = ""'), "listener.token"),
+        (
+            ('host = "127.0.0.1"\nport = 5285\ntoken = "t0ken"', 'host = "roster.example.test"'),
+            "listener.token",
+        ),
     ],
 )
 def test_bad_config_names_the_key(write: Writer, edit: tuple[str, str], message: str) -> None:
@@ -180,3 +189,17 @@ def test_the_shipped_example_config_is_valid() -> None:
         3600,
         64,
     )
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_a_loopback_listener_needs_no_token(write: Writer, host: str) -> None:
+    """Only local processes can reach it: the token stays optional."""
+    text = GOOD.replace('host = "127.0.0.1"\nport = 5285\ntoken = "t0ken"', f'host = "{host}"')
+    assert config.load(write(text), environ={}).listener.token == ""
+
+
+def test_a_public_listener_may_take_its_token_from_the_environment(write: Writer) -> None:
+    """The token from HTTP_ROSTER_ADMIN_LISTENER_TOKEN counts."""
+    text = GOOD.replace('host = "127.0.0.1"\nport = 5285\ntoken = "t0ken"', 'host = "0.0.0.0"')
+    cfg = config.load(write(text), environ={config.LISTENER_TOKEN_ENV: "from-env"})
+    assert cfg.listener.token == "from-env"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -15,7 +16,7 @@ from component import metrics
 from component.check import CheckResult, ItemChange
 from component.config import ListenerConfig
 from component.errors import BadRequestError
-from component.http_api import HttpApi, parse_usernames
+from component.http_api import HttpApi, parse_usernames, token_matches
 from component.roster import Contact
 from component.sync import SyncResult
 from component.webapp import WebAppClient
@@ -484,3 +485,39 @@ async def test_stamina_retries_are_served_in_metrics(
         webapp.upcoming = ["error"]
         await client.fetch("john", "john@example.test")
     assert await retries() == before + 1
+
+
+@pytest.mark.parametrize(
+    ("header", "matches"),
+    [
+        (f"Bearer {TOKEN}", True),
+        ("Bearer let-me-ix", False),  # same length, last character wrong
+        ("Bearer xet-me-in", False),  # same length, first character wrong
+        ("Bearer let-me-i", False),
+        ("Bearer let-me-inn", False),
+        (TOKEN, False),
+        ("", False),
+        ("Bearer l\udcfft-me-in", False),  # a non-ASCII byte, as aiohttp hands it over
+    ],
+)
+def test_token_matches_only_the_exact_header(header: str, matches: bool) -> None:
+    """Right token: yes; any other header, of the same length or not: no."""
+    assert token_matches(header, TOKEN) is matches
+
+
+def test_the_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hmac.compare_digest decides, for a guess of the token's length and for any other."""
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", recording)
+    assert not token_matches("Bearer let-me-ix", TOKEN)
+    assert not token_matches("Bearer x", TOKEN)
+    assert compared == [
+        (b"Bearer let-me-ix", b"Bearer let-me-in"),
+        (b"Bearer x", b"Bearer let-me-in"),
+    ]
