@@ -6,7 +6,8 @@ import asyncio
 
 from component.roster import Contact
 from component.sync import Syncer
-from tests.unit.test_sync import DOMAIN, MemoryStore, ScriptedWebApp
+from tests.harness.memory_store import MemoryStore
+from tests.unit.test_sync import DOMAIN, ScriptedWebApp
 
 
 async def test_stop_fails_what_has_not_written_and_finishes_what_has() -> None:
