@@ -19,6 +19,7 @@ from typing_extensions import TypedDict
 
 from component.check import ChangeKind, CheckResult, Field, ItemChange
 from component.errors import ConfigError, ServiceError
+from component.http_api import CHECK_PATH, ONLINE_PATH, REFRESH_PATH
 from component.roster import Contact
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class ServiceClient:
 
     async def check(self, username: str) -> CheckResult:
         """How the server's copy of the user's roster differs from the web app's."""
-        status, body = await self._ask("GET", self._base / "roster_admin" / "check" / username)
+        status, body = await self._ask("GET", self._url(CHECK_PATH) / username)
         if status == 502:
             return CheckResult(username, error=_parse(_MESSAGE, body)["message"])
         _expect(status, body)
@@ -146,14 +147,13 @@ class ServiceClient:
 
     async def online(self) -> list[str]:
         """The users online now."""
-        status, body = await self._ask("GET", self._base / "roster_admin" / "online")
+        status, body = await self._ask("GET", self._url(ONLINE_PATH))
         _expect(status, body)
         return _parse(_ONLINE, body)["users"]
 
     async def refresh(self, usernames: Sequence[str]) -> Counts:
         """Refresh these users now; the answer comes when all are done."""
-        url = self._base / "roster_admin" / "refresh"
-        status, body = await self._ask("POST", url, json=list(usernames))
+        status, body = await self._ask("POST", self._url(REFRESH_PATH), json=list(usernames))
         if status != 502:  # 502: every user failed, and the answer still counts them
             _expect(status, body)
         answer = _parse(_COUNTS, body)
@@ -164,6 +164,9 @@ class ServiceClient:
             answer["errors"],
             tuple(answer["failed"]),
         )
+
+    def _url(self, path: str) -> yarl.URL:
+        return self._base.with_path(path)
 
     async def _ask(self, method: str, url: yarl.URL, json: object = None) -> tuple[int, object]:
         if self._session is None:
