@@ -269,6 +269,28 @@ async def test_offline_user_gets_a_result_and_nothing_is_sent(site: Site) -> Non
     assert not presences_from(bob, site.jid("alice"))
 
 
+async def test_contacts_offline_here_are_sent_nothing_and_see_it_all_at_login(
+    site: Site,
+) -> None:
+    """No presence is routed to a local contact without available sessions (it would be
+    dropped); its login then brings the presences both ways, as Prosody does for rosters."""
+    alice = await site.online("alice", "phone", status="Here")
+    await site.set_contacts("alice", "bob", "both")
+    await site.set_contacts("alice", "carol", "both")
+    alice_jid, bob_jid, carol_jid = site.jid("alice"), site.jid("bob"), site.jid("carol")
+    request = update("alice", added=[bob_jid, "nobody@example.test"], removed=[carol_jid])
+    assert_empty_result(await site.request(request))
+    log = site.server.log_text()
+    for contact, kind in ((bob_jid, ""), ("nobody@example.test", ""), (carol_jid, "un")):
+        assert f"Not sending {kind}available of {alice_jid} to {contact}: offline" in log
+
+    await start_afresh(alice)
+    bob = await site.online("bob", "desk")
+    received = await bob.wait_for_presence(sent_by(alice.jid, "available"))
+    assert received.status == "Here"
+    await alice.wait_for_presence(sent_by(bob.jid, "available"))
+
+
 def malformed_requests(domain: str) -> dict[str, ET.Element]:
     """Requests that must be refused whole; each starts with a valid change for bob."""
     bob = f"bob@{domain}"
