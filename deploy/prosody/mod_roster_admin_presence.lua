@@ -213,7 +213,7 @@ module:hook("iq-set/host/"..NS..":update", function(event)
 	local sessions = available_sessions(user);
 	if #sessions == 0 then
 		-- Nobody to tell, and the contacts already see the user as offline.
-		module:log("info", "Presence update for %s: %d added, %d removed; offline, nothing sent",
+		module:log("debug", "Presence update for %s: %d added, %d removed; offline, nothing sent",
 			user, counts.added, counts.removed);
 	else
 		for _, change in ipairs(changes) do
@@ -223,7 +223,7 @@ module:hook("iq-set/host/"..NS..":update", function(event)
 				removed(user, sessions, change.contact);
 			end
 		end
-		module:log("info", "Presence update for %s: %d added, %d removed; sent for %d session(s)",
+		module:log("debug", "Presence update for %s: %d added, %d removed; sent for %d session(s)",
 			user, counts.added, counts.removed, #sessions);
 	end
 	origin.send(st.reply(stanza));
