@@ -14,6 +14,7 @@ from component.check import Checker
 from component.http_api import HttpApi
 from component.readiness import Readiness
 from component.reconcile import Reconciler
+from component.resync import Resync
 from component.roster import version
 from component.store.ejabberd import AdminApiRosterStore
 from component.store.privileged import PrivilegedRosterStore
@@ -97,6 +98,12 @@ class Application:
             interval=config.sync.reconcile_interval,
             slots=max(1, config.sync.concurrency // 4),
         )
+        self.resync = Resync(
+            self._resync_one,
+            spread=config.sync.resync_spread,
+            slots=max(1, config.sync.concurrency // 4),
+        )
+        self._resync_pass: asyncio.Task[None] | None = None
         self.checker = Checker(
             self.webapp, self.store, config.users.domain, on_drift=self.syncer.forget
         )
@@ -124,6 +131,8 @@ class Application:
         self.link.on_state(lambda _: self.readiness.update())
         self.grants.on_change(self.readiness.update)
         self.readiness.on_change(systemd.notify_readiness)
+        self.link.on_state(lambda connected: None if connected else self.resync.hold())
+        self.readiness.on_change(lambda ready, _: self._start_resync() if ready else None)
 
     @property
     def http_port(self) -> int:
@@ -216,16 +225,35 @@ class Application:
             log.info("roster.answer_from_store", user=username, why="sync cancelled")
         else:
             if result.ok and result.roster is not None and result.version is not None:
+                self.resync.synced(username)
                 return result.roster, result.version
         roster = await self.syncer.current_roster(username)
         return roster, version(roster)
 
     def _on_available(self, username: str) -> None:
-        if not self.readiness.ready or username in self._login_syncs:
+        if username in self._login_syncs or self.resync.offer(username):
+            return
+        if not self.readiness.ready:
             return
         self._login_syncs.add(username)
         task = self._spawn(self.syncer.ensure_fresh(username, background=True))
         task.add_done_callback(lambda _: self._login_syncs.discard(username))
+
+    def _start_resync(self) -> None:
+        """Ready again: the users who came online meanwhile (and come now) get their pass."""
+        if self._resync_pass is None or self._resync_pass.done():
+            self._resync_pass = self._spawn(self.resync.run(lambda: self.readiness.ready))
+
+    async def _resync_one(self, username: str) -> None:
+        """A user online after the link came back: a fresh fetch (changes made during the
+        outage were refused with 503), unless a login sync is under way."""
+        if username in self._login_syncs:
+            return
+        self._login_syncs.add(username)
+        try:
+            await self.syncer.refresh(username)
+        finally:
+            self._login_syncs.discard(username)
 
     def _spawn(self, coro: Coroutine[object, object, _T]) -> asyncio.Task[_T]:
         task = asyncio.ensure_future(coro)

@@ -162,6 +162,9 @@ class SyncConfig(_Section):
     # bounds how long a slipped-through change lasts for one web-app request per online user
     # per hour. 0 turns it off.
     reconcile_interval: Annotated[float, Field(ge=0)] = 3600.0
+    # After the XMPP link comes back, the users online are re-synced with their starts spread
+    # over this many seconds (a quarter of the sync slots at most), not all at once.
+    resync_spread: Annotated[float, Field(ge=0)] = 10.0
 
 
 class LogConfig(_Section):

@@ -25,6 +25,7 @@ class RecordedRequest:
     raw_path: str  # exactly as it arrived, still percent-encoded
     username: str  # decoded from the path
     headers: Mapping[str, str]
+    at: float = 0.0  # when it arrived (the event loop's clock)
 
 
 class FakeWebApp:
@@ -93,7 +94,8 @@ class FakeWebApp:
 
     async def _contacts(self, request: web.Request) -> web.StreamResponse:
         username = request.match_info["username"]
-        self.requests.append(RecordedRequest(request.raw_path, username, request.headers))
+        now = asyncio.get_running_loop().time()
+        self.requests.append(RecordedRequest(request.raw_path, username, request.headers, now))
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
