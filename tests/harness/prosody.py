@@ -164,12 +164,18 @@ def require_build(name: str, servers_dir: Path = SERVERS_DIR) -> ProsodyBuild:
 
 
 def render_deploy_config(
-    *, domain: str, component_jid: str, component_secret: str, delegate_roster: bool
+    *,
+    domain: str,
+    component_jid: str,
+    component_secret: str,
+    delegate_roster: bool,
+    roster_privilege: str = "both",
 ) -> str:
     """deploy/prosody/http_roster_admin.cfg.lua with the names an operator would substitute.
 
     For the non-delegated mode, do what its comments tell an operator: delete the
-    "delegations" line and enable block_roster_sets.pfw.
+    "delegations" line and enable block_roster_sets.pfw. ``roster_privilege`` other than
+    "both" stands for an operator's mistake.
     """
     text = (DEPLOY_DIR / DEPLOY_CONFIG).read_text()
     names = {DEPLOY_COMPONENT: component_jid, DEPLOY_DOMAIN: domain}
@@ -180,6 +186,8 @@ def render_deploy_config(
     )
     text = _replace_once(text, f'"{DEPLOY_SECRET}"', _lua_str(component_secret))
     text = text.replace(DEPLOY_RULES_DIR, f"{DEPLOY_DIR}/")
+    if roster_privilege != "both":
+        text = _replace_once(text, 'roster = "both";', f"roster = {_lua_str(roster_privilege)};")
     if not delegate_roster:
         text = _sub_once(text, r"(?m)^\s*delegations\s*=.*\n", "")
         text = _sub_once(text, r'(?m)^(\s*)-- ("[^"]*/block_roster_sets\.pfw";)', r"\1\2")
@@ -230,6 +238,7 @@ class ProsodyServer:
         component_jid: str = "roster.example.test",
         component_secret: str | None = None,
         delegate_roster: bool = True,
+        roster_privilege: str = "both",
         s2s: bool = False,
         shipped_config: bool = True,
         test_modules: Sequence[str] = (),
@@ -241,6 +250,7 @@ class ProsodyServer:
         # Random: tests/harness/log_secrets.py looks for it in the component's logs.
         self.component_secret = component_secret or secrets.token_urlsafe(24)
         self.delegate_roster = delegate_roster
+        self.roster_privilege = roster_privilege
         self.s2s = s2s
         # False: a plain server with none of our snippet, standing in for somebody else's.
         self.shipped_config = shipped_config
@@ -374,6 +384,7 @@ VirtualHost {_lua_str(self.domain)}
                 component_jid=self.component_jid,
                 component_secret=self.component_secret,
                 delegate_roster=self.delegate_roster,
+                roster_privilege=self.roster_privilege,
             )
         )
         self.config_path.write_text(self.render_config())
