@@ -104,6 +104,7 @@ class Application:
             slots=max(1, config.sync.concurrency // 4),
         )
         self._resync_pass: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self.checker = Checker(
             self.webapp, self.store, config.users.domain, on_drift=self.syncer.forget
         )
@@ -159,7 +160,8 @@ class Application:
         if self.config.sync.reconcile_interval:
             self._spawn(self.reconciler.run())
         if (period := systemd.watchdog_period()) is not None:
-            self._spawn(systemd.Watchdog(period, self._link_health.problem).run())
+            watchdog = systemd.Watchdog(period, self._link_health.problem)
+            self._watchdog = asyncio.ensure_future(watchdog.run())
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight refreshes finish (bounded), then close the links.
@@ -170,6 +172,10 @@ class Application:
         is cut short) before the XMPP link closes.
         """
         log.info("app.stopping")
+        # systemd stops watching once told we are stopping; a ping after that could make it
+        # watch the shutdown again.
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         systemd.notify("STOPPING=1")
         loop = asyncio.get_running_loop()
         cut = loop.call_later(self.config.listener.stop_timeout, self._cut_short)
