@@ -17,6 +17,11 @@ from hypothesis import HealthCheck, settings
 from tests.campaign import figures as figures_module
 from tests.campaign.figures import FIGURES_ENV, Figures, Value
 from tests.campaign.rig import Rig, running_rig
+from tests.integration.conftest import (  # noqa: F401 -- fixtures, registered by importing them
+    TARGETS,
+    fixture_system,
+    fixture_webapp,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -53,6 +58,23 @@ settings.register_profile(
     "big", max_examples=2_000, deadline=None, suppress_health_check=_SUPPRESSED
 )
 settings.load_profile("big" if BIG else "ci")
+
+# End-to-end tests (``system``) run against the newest build of each server in the small run,
+# every target in the big one.
+SMALL_TARGETS = ("prosody-13-delegated", "ejabberd-24.12-server-answers")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``target`` as in tests/integration (same markers), over the campaign's targets."""
+    if "target" not in metafunc.fixturenames:
+        return
+    targets = [t for t in TARGETS if BIG or t.id in SMALL_TARGETS]
+    if metafunc.definition.get_closest_marker("delegated_only") is not None:
+        targets = [t for t in targets if t.delegated]
+    if metafunc.definition.get_closest_marker("ejabberd_only") is not None:
+        targets = [t for t in targets if t.kind == "ejabberd"]
+    metafunc.parametrize("target", targets, ids=[t.id for t in targets])
+
 
 _RECORDED: dict[str, dict[str, Value]] = {}
 
