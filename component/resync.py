@@ -40,7 +40,6 @@ class Resync:
         self._queue: dict[str, None] = {}  # users waiting for the pass, in arrival order
         self._synced: set[str] = set()  # users synced since the link came back
         self._arrived = asyncio.Event()
-        self._pass: asyncio.Task[None] | None = None
 
     def hold(self) -> None:
         """The link is down: users coming online wait for the next pass (the server replays
@@ -65,8 +64,15 @@ class Resync:
             self._queue.pop(username, None)
 
     async def run(self, ready: Callable[[], bool]) -> None:
-        """One pass, from the moment the service is ready; it ends early if ``ready()``
-        stops holding (the next ready starts another)."""
+        """A pass, from the moment the service is ready; it ends early if ``ready()`` stops
+        holding (the next ready starts another), and goes round again if the link was lost
+        and is back while its last syncs were finishing."""
+        while True:
+            await self._pass(ready)
+            if not (ready() and self._collecting):
+                return
+
+    async def _pass(self, ready: Callable[[], bool]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._spread
         last: float | None = None  # when the latest sync started

@@ -19,6 +19,7 @@ class Syncs:
         self.running = 0
         self.peak = 0
         self.ready = True
+        self.duration = 0.08
 
     async def __call__(self, username: str) -> None:
         assert username not in self.started, f"{username} synced twice"
@@ -26,7 +27,7 @@ class Syncs:
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
-            await asyncio.sleep(0.08)
+            await asyncio.sleep(self.duration)
         finally:
             self.running -= 1
 
@@ -99,3 +100,18 @@ async def test_a_link_lost_again_stops_the_pass_and_the_next_one_starts_afresh(
     resync.offer("c")
     await resync.run(lambda: syncs.ready)
     assert list(syncs.started) == ["c"]
+
+
+async def test_a_link_lost_and_back_while_the_last_syncs_finish_gets_its_pass(
+    syncs: Syncs, resync: Resync
+) -> None:
+    """Ready again before the pass has ended: the users of the new recovery are still synced."""
+    syncs.duration = 2 * SPREAD
+    resync.offer("a")
+    run = asyncio.create_task(resync.run(lambda: syncs.ready))
+    await asyncio.sleep(1.25 * SPREAD)  # the window has closed; a's sync is finishing
+    assert not resync.offer("late")
+    resync.hold()
+    assert resync.offer("b")
+    await run
+    assert sorted(syncs.started) == ["a", "b"]
