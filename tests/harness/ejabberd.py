@@ -574,6 +574,12 @@ include_config_file: {_yaml_str(self.deploy_config_path)}
             self._console.close()
             self._console = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown at all. Keeps the spool."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+        self._cleanup()
+
     def restart(self) -> None:
         """Stop and start again on the same ports, keeping accounts and rosters."""
         self.stop()

@@ -68,6 +68,31 @@ class StoredRoster:
     pending_in: frozenset[str]  # JIDs whose subscription requests await the user's answer
 
 
+@dataclass(frozen=True)
+class StoredItem:
+    """One contact as Prosody stores it: what a roster GET shows of it."""
+
+    name: str | None
+    groups: frozenset[str]
+    subscription: str  # "none" | "to" | "from" | "both"
+
+
+#: Prints each roster data file given (arguments) as tab-separated lines: the argument's
+#: number, the contact, its subscription, its name, then its groups.
+_DUMP_ITEMS_LUA = """\
+for index, path in ipairs(arg) do
+    local ok, roster = pcall(dofile, path)
+    for jid, item in pairs(ok and roster or {}) do
+        if jid then
+            local groups = {}
+            for group in pairs(item.groups or {}) do groups[#groups + 1] = group end
+            print(index, jid, item.subscription or "none", item.name or "",
+                table.concat(groups, "\t"))
+        end
+    end
+end
+"""
+
 #: Prints a roster data file (argument 1) as tab-separated lines.
 _DUMP_ROSTER_LUA = """\
 for jid, item in pairs(dofile(arg[1])) do
@@ -481,6 +506,13 @@ VirtualHost {_lua_str(self.domain)}
             self._console.close()
             self._console = None
 
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown at all. Keeps the data directory."""
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        await self._cleanup()
+
     async def restart(self) -> None:
         """Stop and start again on the same ports, keeping users and rosters."""
         await self.stop()
@@ -530,13 +562,38 @@ VirtualHost {_lua_str(self.domain)}
                 f'return {{\n\t["password"] = "{password}";\n}};\n'
             )
 
+    def _roster_path(self, user: str) -> Path:
+        return self.data_dir / _storage_name(self.domain) / "roster" / f"{_storage_name(user)}.dat"
+
+    async def stored_items(
+        self, users: Sequence[str], timeout: float = 30.0
+    ) -> dict[str, dict[str, StoredItem]]:
+        """Each user's stored contacts (one Lua process for all). Groups are read as
+        tab-separated, so group names must not contain tabs."""
+        process = await asyncio.create_subprocess_exec(
+            "lua5.4", "-", *(str(self._roster_path(user)) for user in users),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(_DUMP_ITEMS_LUA.encode()), timeout)
+        if process.returncode != 0:
+            raise ProsodyError(f"cannot read rosters: {err.decode(errors='replace')}")
+        rosters: dict[str, dict[str, StoredItem]] = {user: {} for user in users}
+        for line in out.decode().splitlines():
+            index, contact, subscription, name, *groups = line.split("\t")
+            rosters[users[int(index) - 1]][contact] = StoredItem(
+                name or None, frozenset(g for g in groups if g), subscription
+            )
+        return rosters
+
     async def stored_roster(self, user: str, timeout: float = 10.0) -> StoredRoster:
         """What the internal storage holds for `user`@domain's roster (saved at each change).
 
         Read from the data file with the Lua that runs Prosody: pending inbound requests and
         "ask" flags never show in roster GETs.
         """
-        path = self.data_dir / _storage_name(self.domain) / "roster" / f"{_storage_name(user)}.dat"
+        path = self._roster_path(user)
         subscriptions: dict[str, str] = {}
         asking: set[str] = set()
         pending_in: set[str] = set()
