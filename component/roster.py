@@ -60,6 +60,8 @@ class ParsedRoster:
 
     roster: Roster
     warnings: tuple[str, ...]  # human-readable, one per skipped/adjusted entry
+    # A fingerprint of the web app's answer it was parsed from (b"": not from an answer).
+    source: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ Each user has at most one sync in flight; the number of syncs at once is bounded
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import sys
 import time
@@ -50,7 +51,9 @@ _STOPPING = "not done: the component is stopping"
 
 
 class Fetcher(Protocol):
-    async def fetch(self, username: str, owner: str) -> ParsedRoster: ...
+    async def fetch_if_changed(
+        self, username: str, owner: str, *, unless: bytes | None
+    ) -> ParsedRoster | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +92,12 @@ class _Known:
 
     digest: bytes
     items: dict[str, int]  # contact JID -> hash(Contact) as stored
+    source: bytes  # the fingerprint of the web app's answer it came from (ParsedRoster.source)
 
     @classmethod
-    def of(cls, roster: Roster) -> _Known:
-        return cls(digest(roster), {sys.intern(jid): hash(c) for jid, c in roster.items()})
+    def of(cls, roster: Roster, source: bytes) -> _Known:
+        items = {sys.intern(jid): hash(c) for jid, c in roster.items()}
+        return cls(digest(roster), items, source)
 
     def before(self) -> dict[str, Contact]:
         """Stand-ins for the stored contacts: all we know is that each is a "both" one."""
@@ -150,7 +155,7 @@ class Syncer:
         # is written before a fetch ends); writes in flight finish, so that no roster is left
         # half-written.
         self._stopping = False
-        self._fetches: set[asyncio.Task[ParsedRoster]] = set()
+        self._fetches: set[asyncio.Task[ParsedRoster | None]] = set()
         self._running = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -159,8 +164,11 @@ class Syncer:
         return f"{username}@{self._domain}"
 
     async def refresh(self, username: str) -> SyncResult:
-        """Sync with a roster fetched after this call began (the web app said it changed)."""
-        return await self._sync(username, max_age=None)
+        """Sync with a roster fetched after this call began (the web app said it changed).
+
+        The result carries no roster when the web app's answer is the one last applied.
+        """
+        return await self._sync(username, max_age=None, roster_needed=False)
 
     async def apply(self, username: str, data: object) -> SyncResult:
         """Sync with a roster the web app sent itself (bulk endpoint), checked exactly like a
@@ -174,14 +182,14 @@ class Syncer:
             return SyncResult(username, ok=False, error=f"not a roster: {exc}")
         for warning in parsed.warnings:
             log.warning("webapp.roster_warning", username=username, warning=warning)
-        return await self._sync(username, max_age=None, supplied=parsed)
+        return await self._sync(username, max_age=None, supplied=parsed, roster_needed=False)
 
     async def reconcile(self, username: str) -> SyncResult:
         """Sync now to repair drift: a roster changed behind the web app's back.
 
         Whatever it has to change is logged as ``roster.repaired``, item by item.
         """
-        return await self._sync(username, max_age=None, repair=True)
+        return await self._sync(username, max_age=None, repair=True, roster_needed=False)
 
     async def ensure_fresh(self, username: str, *, background: bool = False) -> SyncResult:
         """Sync unless a successful sync finished less than ``max_age`` seconds ago.
@@ -192,9 +200,9 @@ class Syncer:
         roster request does not wait behind that queue either.
         """
         if not background:
-            return await self._sync(username, max_age=self._max_age)
+            return await self._sync(username, max_age=self._max_age, roster_needed=True)
         async with self._background_slots:
-            return await self._sync(username, max_age=self._max_age)
+            return await self._sync(username, max_age=self._max_age, roster_needed=False)
 
     def stop(self) -> None:
         """Start no more syncs (each fails as not done) and cut fetches in flight short."""
@@ -220,6 +228,7 @@ class Syncer:
         username: str,
         *,
         max_age: float | None,
+        roster_needed: bool,
         repair: bool = False,
         supplied: ParsedRoster | None = None,
     ) -> SyncResult:
@@ -252,7 +261,9 @@ class Syncer:
                     self._running += 1
                     self._idle.clear()
                     try:
-                        result = await self._run(username, repair=repair, supplied=supplied)
+                        result = await self._run(
+                            username, repair=repair, supplied=supplied, roster_needed=roster_needed
+                        )
                     finally:
                         self._running -= 1
                         if not self._running:
@@ -277,23 +288,48 @@ class Syncer:
             del self._last[oldest]
 
     async def _run(
-        self, username: str, *, repair: bool, supplied: ParsedRoster | None
+        self, username: str, *, repair: bool, supplied: ParsedRoster | None, roster_needed: bool
     ) -> SyncResult:
         user = self.user_jid(username)
         bound = log.bind(user=user)
         began = time.perf_counter()
+        known = None if repair else self._applied.get(username)
+        # The web app's answer byte for byte as last applied: nothing to decode or compare,
+        # unless the caller needs the roster itself (to answer a user's roster request).
+        unless = None if known is None or roster_needed else known.source
         try:
-            parsed = supplied or await self._fetch(username, user)
+            parsed = supplied or await self._fetch(username, user, unless)
         except FetchError as exc:
             metrics.SYNCS.labels(result="fetch_failed").inc()
             bound.warning("sync.fetch_failed", reason=exc.reason)
             return SyncResult(username, ok=False, error=f"fetch failed: {exc.reason}")
+        if parsed is None:
+            metrics.SYNCS.labels(result="unchanged").inc()
+            bound.debug("sync.unchanged", same_answer=True)
+            return SyncResult(username, ok=True)
         wanted = digest(parsed.roster)
-        known = None if repair else self._applied.get(username)
         if known is not None and known.digest == wanted:
             metrics.SYNCS.labels(result="unchanged").inc()
             bound.debug("sync.unchanged", contacts=len(parsed.roster))
+            if parsed.source:
+                # The same roster written differently (key order...): the next such answer
+                # is recognized without decoding.
+                self._applied[username] = dataclasses.replace(known, source=parsed.source)
             return SyncResult(username, ok=True, roster=parsed.roster, version=wanted.hex())
+        return await self._write(username, parsed, known, repair=repair, began=began)
+
+    async def _write(
+        self,
+        username: str,
+        parsed: ParsedRoster,
+        known: _Known | None,
+        *,
+        repair: bool,
+        began: float,
+    ) -> SyncResult:
+        """Bring the server's copy to ``parsed``: read it first unless ``known``."""
+        user = self.user_jid(username)
+        bound = log.bind(user=user)
         # Until this sync succeeds, what the server holds is not known.
         self._applied.pop(username, None)
         applied = _Applied()
@@ -329,7 +365,7 @@ class Syncer:
             metrics.SYNCS.labels(result="store_failed").inc()
             _log_store_failure(bound, failure)
             return SyncResult(username, ok=False, error=f"server store: {failure}")
-        self._applied[username] = applied_now = _Known.of(now)
+        self._applied[username] = applied_now = _Known.of(now, parsed.source)
         metrics.SYNCS.labels(result="ok").inc()
         metrics.ITEMS_WRITTEN.inc(len(applied.upserts))
         metrics.ITEMS_REMOVED.inc(len(applied.removals))
@@ -346,9 +382,9 @@ class Syncer:
         )
         return SyncResult(username, ok=True, roster=now, version=applied_now.digest.hex())
 
-    async def _fetch(self, username: str, user: str) -> ParsedRoster:
+    async def _fetch(self, username: str, user: str, unless: bytes | None) -> ParsedRoster | None:
         # Its own task, so that stop() can cut it short without cancelling the caller.
-        fetch = asyncio.ensure_future(self._fetcher.fetch(username, user))
+        fetch = asyncio.ensure_future(self._fetcher.fetch_if_changed(username, user, unless=unless))
         self._fetches.add(fetch)
         fetch.add_done_callback(self._fetches.discard)
         try:

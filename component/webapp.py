@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import json
 import time
 import urllib.parse
@@ -100,6 +102,17 @@ class WebAppClient:
 
         Raises FetchError, and nothing else, when there is no trustworthy answer.
         """
+        parsed = await self.fetch_if_changed(username, owner, unless=None)
+        assert parsed is not None  # only a fingerprint given as `unless` can match
+        return parsed
+
+    async def fetch_if_changed(
+        self, username: str, owner: str, *, unless: bytes | None
+    ) -> ParsedRoster | None:
+        """Like fetch(), but None when the answer is byte for byte the one whose fingerprint
+        (``ParsedRoster.source``) is ``unless``: nothing is decoded or checked again, so an
+        unchanged roster costs little more than its request (its warnings are not repeated).
+        """
         if not username:
             # "/contacts/" is likely some other resource of the web app.
             raise FetchError(username, "empty username")
@@ -118,8 +131,11 @@ class WebAppClient:
             wait_jitter=_WAIT_JITTER,
         ):
             with attempt:
-                parsed = await self._attempt(url, username, owner, attempt.num)
+                parsed = await self._attempt(url, username, owner, attempt.num, unless)
 
+        if parsed is None:
+            log.debug("webapp.fetched", username=username, unchanged=True)
+            return None
         for warning in parsed.warnings:
             log.warning("webapp.roster_warning", username=username, warning=warning)
         log.debug(
@@ -131,16 +147,20 @@ class WebAppClient:
         return parsed
 
     async def _attempt(
-        self, url: yarl.URL, username: str, owner: str, attempt: int
-    ) -> ParsedRoster:
+        self, url: yarl.URL, username: str, owner: str, attempt: int, unless: bytes | None
+    ) -> ParsedRoster | None:
         if attempt > 1:
             await self._admitted(username)
         try:
-            data = await self._answered(url, username)
+            body = await self._answered(url, username)
+            source = hashlib.blake2b(body, digest_size=16).digest()
+            if source == unless:
+                return None
             try:
-                return parse_webapp_roster(data, owner)
+                parsed = parse_webapp_roster(_decoded(body, username), owner)
             except RosterFormatError as exc:
                 raise FetchError(username, str(exc), "bad_body") from None
+            return dataclasses.replace(parsed, source=source)
         except FetchError as exc:
             metrics.FETCH_ERRORS.labels(kind=exc.kind).inc()
             log.warning(
@@ -185,11 +205,11 @@ class WebAppClient:
             self._settled.set()
             self._settled = asyncio.Event()
 
-    async def _answered(self, url: yarl.URL, username: str) -> object:
-        """The decoded answer; what the request showed of the web app told to the circuit.
+    async def _answered(self, url: yarl.URL, username: str) -> bytes:
+        """The answer's body; what the request showed of the web app told to the circuit.
         Any answer from the web app itself (a 404, a 500, garbage) shows it is up."""
         try:
-            data = await self._get_json(url, username)
+            body = await self._get_body(url, username)
         except UnreachableError as exc:
             self._circuit.failure(exc.reason)
             if self._circuit.state == "open":
@@ -200,9 +220,9 @@ class WebAppClient:
             self._circuit.success()
             raise
         self._circuit.success()
-        return data
+        return body
 
-    async def _get_json(self, url: yarl.URL, username: str) -> object:
+    async def _get_body(self, url: yarl.URL, username: str) -> bytes:
         try:
             # Redirects are not followed: the credential must not travel to another host, and a
             # web app that moved should get its configuration fixed, not silently tolerated.
@@ -229,14 +249,7 @@ class WebAppClient:
             raise UnreachableError(username, f"connection broken ({type(exc).__name__})") from exc
         except aiohttp.ClientError as exc:
             raise FetchError(username, f"request failed ({type(exc).__name__})") from exc
-
-        # The Content-Type is not checked: web apps written for mod_http_roster_admin may send
-        # JSON as text/plain, and that module accepted it.
-        try:
-            return json.loads(body)
-        # RecursionError: absurdly deep nesting is not a roster either.
-        except (ValueError, RecursionError):
-            raise FetchError(username, "not JSON", "bad_body") from None
+        return body
 
     async def _read_capped(self, response: aiohttp.ClientResponse, username: str) -> bytes:
         # Counted as it streams in: Content-Length may be absent (chunked) or compressed.
@@ -258,3 +271,13 @@ class WebAppClient:
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
+
+
+def _decoded(body: bytes, username: str) -> object:
+    # The Content-Type is not checked: web apps written for mod_http_roster_admin may send
+    # JSON as text/plain, and that module accepted it.
+    try:
+        return json.loads(body)
+    # RecursionError: absurdly deep nesting is not a roster either.
+    except (ValueError, RecursionError):
+        raise FetchError(username, "not JSON", "bad_body") from None

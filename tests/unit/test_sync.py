@@ -8,7 +8,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from component.errors import FetchError, ItemRefusedError, StoreError
-from component.roster import Contact, ParsedRoster, Roster, RosterDiff, version
+from component.roster import Contact, ParsedRoster, Roster, RosterDiff, digest, version
 from component.sync import Syncer
 from tests.harness.memory_store import MemoryStore
 
@@ -22,6 +22,7 @@ class ScriptedWebApp:
         self.rosters: dict[str, Roster] = {}
         self.failing = False
         self.fetches: list[str] = []
+        self.parsed = 0  # answers the syncer had to decode (not the one last applied)
         self.gate: asyncio.Event | None = None
 
     async def fetch(self, username: str, owner: str) -> ParsedRoster:
@@ -31,7 +32,16 @@ class ScriptedWebApp:
             await self.gate.wait()
         if self.failing:
             raise FetchError(username, "HTTP 500")
-        return ParsedRoster(dict(self.rosters.get(username, {})), ())
+        roster = dict(self.rosters.get(username, {}))
+        # The answer's fingerprint: the same roster is sent the same way each time.
+        return ParsedRoster(roster, (), source=digest(roster))
+
+    async def fetch_if_changed(
+        self, username: str, owner: str, *, unless: bytes | None
+    ) -> ParsedRoster | None:
+        parsed = await self.fetch(username, owner)
+        self.parsed += parsed.source != unless
+        return None if parsed.source == unless else parsed
 
 
 class Clock:
@@ -177,7 +187,7 @@ async def test_concurrent_needs_share_one_fetch(syncer: Syncer, webapp: Scripted
 
 
 async def test_refresh_during_a_sync_fetches_again_once(
-    syncer: Syncer, webapp: ScriptedWebApp
+    syncer: Syncer, webapp: ScriptedWebApp, store: MemoryStore
 ) -> None:
     """Refreshes that arrive mid-sync get one later fetch, which sees the newest roster."""
     webapp.gate = asyncio.Event()
@@ -189,7 +199,8 @@ async def test_refresh_during_a_sync_fetches_again_once(
     webapp.gate.set()
     results = await asyncio.gather(first, *late)
     assert webapp.fetches == ["alice", "alice"]
-    assert [r.roster for r in results[1:]] == [{}, {}, {}]
+    assert all(r.ok for r in results)
+    assert store.rosters.get(ALICE, {}) == {}
 
 
 async def test_users_sync_in_parallel_up_to_the_bound(
@@ -240,10 +251,32 @@ async def test_one_refused_item_does_not_block_the_rest(syncer: Syncer, store: M
     assert result.version == version(result.roster)
 
 
-async def test_a_result_carries_its_rosters_version(syncer: Syncer, webapp: ScriptedWebApp) -> None:
+async def test_an_answer_as_last_applied_is_not_decoded_again(
+    syncer: Syncer, webapp: ScriptedWebApp, store: MemoryStore, clock: Clock
+) -> None:
+    """A refresh whose answer is the one last applied stops at its fingerprint; a login,
+    which needs the roster to answer with, still gets it."""
+    await syncer.refresh("alice")
+    parsed, writes = webapp.parsed, store.writes
+    unchanged = await syncer.refresh("alice")
+    assert (unchanged.ok, unchanged.roster, webapp.parsed) == (True, None, parsed)
+    clock.now += 61  # past max_age: the login syncs
+    login = await syncer.ensure_fresh("alice")
+    assert login.roster == webapp.rosters["alice"]
+    assert login.version == version(webapp.rosters["alice"])
+    webapp.rosters["alice"] = {BOB: Contact(BOB, "Robert")}
+    assert (await syncer.refresh("alice")).roster == webapp.rosters["alice"]
+    assert webapp.parsed == parsed + 2
+    assert store.writes == writes + 2
+
+
+async def test_a_result_carries_its_rosters_version(
+    syncer: Syncer, webapp: ScriptedWebApp, clock: Clock
+) -> None:
     """Written or unchanged, the roster comes with its version (answers need not hash it)."""
     written = await syncer.refresh("alice")
-    unchanged = await syncer.refresh("alice")
+    clock.now += 61
+    unchanged = await syncer.ensure_fresh("alice")
     webapp.rosters["alice"] = {BOB: Contact(BOB, "Robert")}
     changed = await syncer.refresh("alice")
     for result in (written, unchanged, changed):

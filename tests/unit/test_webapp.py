@@ -95,6 +95,21 @@ async def test_fetch(client: WebAppClient, webapp: FakeWebApp) -> None:
     assert [r.raw_path for r in webapp.requests] == ["/contacts/john"]
 
 
+async def test_an_answer_as_before_is_recognized_without_decoding(
+    client: WebAppClient, webapp: FakeWebApp
+) -> None:
+    """The same bytes as the answer fingerprinted give None; any other answer its roster."""
+    first = await client.fetch("john", OWNER)
+    assert len(first.source) == 16
+    assert await client.fetch_if_changed("john", OWNER, unless=first.source) is None
+    webapp.rosters["john"] = {MARIE: {"name": "Marie Curie", "groups": ["Friends"]}}
+    changed = await client.fetch_if_changed("john", OWNER, unless=first.source)
+    assert changed is not None
+    assert changed.roster[MARIE].name == "Marie Curie"
+    assert changed.source not in {b"", first.source}
+    assert len(webapp.requests) == 3
+
+
 @pytest.mark.parametrize(
     ("username", "raw_path"),
     [
