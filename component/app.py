@@ -133,6 +133,8 @@ class Application:
         self.grants.on_change(self.readiness.update)
         self.readiness.on_change(systemd.notify_readiness)
         self.link.on_state(lambda connected: None if connected else self.resync.hold())
+        # The server may be going down: once back, it may lack the writes it acknowledged last.
+        self.link.on_state(lambda connected: None if connected else self.syncer.forget_all())
         self.readiness.on_change(lambda ready, _: self._start_resync() if ready else None)
 
     @property

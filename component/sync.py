@@ -219,6 +219,13 @@ class Syncer:
         the next sync reads the server instead of trusting what we applied last."""
         self._applied.pop(username, None)
 
+    def forget_all(self) -> None:
+        """Drop what we believe the server holds for every user: the link to the server broke,
+        and a server that restarts may have lost writes it had acknowledged (ejabberd's Mnesia
+        does when killed). Syncs still running do not record theirs either: they record into
+        the dict replaced here, which nothing reads any more."""
+        self._applied = {}
+
     async def current_roster(self, username: str) -> Roster:
         """The roster the server holds for the user now. Raises StoreError."""
         return (await self._store.read(self.user_jid(username))).contacts
@@ -307,6 +314,8 @@ class Syncer:
             metrics.SYNCS.labels(result="unchanged").inc()
             bound.debug("sync.unchanged", same_answer=True)
             return SyncResult(username, ok=True)
+        # Again: forget_all() (or forget()) during the fetch made what we knew void.
+        known = None if repair else self._applied.get(username)
         wanted = digest(parsed.roster)
         if known is not None and known.digest == wanted:
             metrics.SYNCS.labels(result="unchanged").inc()
@@ -330,8 +339,9 @@ class Syncer:
         """Bring the server's copy to ``parsed``: read it first unless ``known``."""
         user = self.user_jid(username)
         bound = log.bind(user=user)
+        memory = self._applied  # where to record the outcome (see forget_all)
         # Until this sync succeeds, what the server holds is not known.
-        self._applied.pop(username, None)
+        memory.pop(username, None)
         applied = _Applied()
         current: Roster = {} if known is None else known.before()
         failure: StoreError | None = None
@@ -365,7 +375,7 @@ class Syncer:
             metrics.SYNCS.labels(result="store_failed").inc()
             _log_store_failure(bound, failure)
             return SyncResult(username, ok=False, error=f"server store: {failure}")
-        self._applied[username] = applied_now = _Known.of(now, parsed.source)
+        memory[username] = applied_now = _Known.of(now, parsed.source)
         metrics.SYNCS.labels(result="ok").inc()
         metrics.ITEMS_WRITTEN.inc(len(applied.upserts))
         metrics.ITEMS_REMOVED.inc(len(applied.removals))

@@ -327,6 +327,7 @@ async def test_background_syncs_leave_room_for_refreshes(store: MemoryStore) -> 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
 CAROL = "carol@example.test"
+DAVE = "dave@example.test"
 
 
 async def test_presence_is_announced_for_contacts_added_and_removed(
@@ -445,6 +446,50 @@ async def test_after_a_failure_the_server_is_read_again(syncer: Syncer, store: M
     assert (await syncer.refresh("alice")).ok
     assert store.reads == reads + 1
     assert set(store.rosters[ALICE]) == {BOB, CAROL}
+
+
+async def test_after_the_server_went_away_every_sync_reads_it_again(
+    syncer: Syncer, store: MemoryStore, webapp: ScriptedWebApp
+) -> None:
+    """A server that restarts may lose writes it acknowledged: once the link broke, an
+    unchanged roster is read and repaired, not trusted."""
+    await syncer.refresh("alice")
+    store.rosters[ALICE] = {}
+    syncer.forget_all()
+    assert (await syncer.refresh("alice")).ok
+    assert store.rosters[ALICE] == webapp.rosters["alice"]
+
+
+async def test_a_sync_writing_when_the_server_went_away_records_nothing(
+    syncer: Syncer, store: MemoryStore, webapp: ScriptedWebApp
+) -> None:
+    """What a sync wrote before the link broke may be lost with the server's restart."""
+    store.write_delay = 0.2
+    running = asyncio.ensure_future(syncer.refresh("alice"))
+    await asyncio.sleep(0.1)
+    assert store.in_flight
+    syncer.forget_all()
+    assert (await running).ok
+    store.rosters[ALICE] = {}
+    assert (await syncer.refresh("alice")).ok
+    assert store.rosters[ALICE] == webapp.rosters["alice"]
+
+
+async def test_a_sync_fetching_when_the_server_went_away_reads_it(
+    syncer: Syncer, store: MemoryStore, webapp: ScriptedWebApp
+) -> None:
+    """The link broke while the roster was fetched: the server is read, not trusted to hold
+    what was applied before."""
+    await syncer.refresh("alice")
+    webapp.rosters["alice"] = {**webapp.rosters["alice"], DAVE: Contact(DAVE)}
+    webapp.gate = asyncio.Event()
+    running = asyncio.ensure_future(syncer.refresh("alice"))
+    await asyncio.sleep(0)
+    store.rosters[ALICE] = {}
+    syncer.forget_all()
+    webapp.gate.set()
+    assert (await running).ok
+    assert store.rosters[ALICE] == webapp.rosters["alice"]
 
 
 async def test_reconciliation_always_reads(syncer: Syncer, store: MemoryStore) -> None:
