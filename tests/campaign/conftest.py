@@ -19,6 +19,7 @@ from tests.campaign.figures import FIGURES_ENV, Figures, Value
 from tests.campaign.rig import Rig, running_rig
 from tests.integration.conftest import (  # noqa: F401 -- fixtures, registered by importing them
     TARGETS,
+    fixture_component_options,
     fixture_system,
     fixture_webapp,
 )
@@ -65,10 +66,13 @@ SMALL_TARGETS = ("prosody-13-delegated", "ejabberd-24.12-server-answers")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """``target`` as in tests/integration (same markers), over the campaign's targets."""
+    """``target`` as in tests/integration (same markers), over the campaign's targets;
+    ``@pytest.mark.campaign_targets(id, ...)`` keeps a test to some of them."""
     if "target" not in metafunc.fixturenames:
         return
     targets = [t for t in TARGETS if BIG or t.id in SMALL_TARGETS]
+    if (only := metafunc.definition.get_closest_marker("campaign_targets")) is not None:
+        targets = [t for t in targets if t.id in only.args]
     if metafunc.definition.get_closest_marker("delegated_only") is not None:
         targets = [t for t in targets if t.delegated]
     if metafunc.definition.get_closest_marker("ejabberd_only") is not None:

@@ -124,6 +124,13 @@ class System:
         else:
             await asyncio.to_thread(self.server.stop)
 
+    async def kill_server(self) -> None:
+        """SIGKILL the server, as a crash would: start_server() brings it back."""
+        if isinstance(self.server, prosody.ProsodyServer):
+            await self.server.kill()
+        else:
+            self.server.kill()
+
     async def start_server(self) -> None:
         """Start the stopped server again, with its users and rosters."""
         if isinstance(self.server, prosody.ProsodyServer):
@@ -252,16 +259,27 @@ def failed(request: pytest.FixtureRequest) -> bool:
     return report is not None and bool(report.failed)
 
 
+@pytest.fixture(name="component_options")
+def fixture_component_options() -> dict[str, dict[str, object]]:
+    """Config keys that differ from write_config's for ``system``'s component, by section:
+    override this fixture to change them for a module or directory."""
+    return {}
+
+
 @pytest.fixture(name="system")
 async def fixture_system(
-    target: Target, webapp: FakeWebApp, tmp_path: Path, request: pytest.FixtureRequest
+    target: Target,
+    webapp: FakeWebApp,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    component_options: dict[str, dict[str, object]],
 ) -> AsyncIterator[System]:
     """The target's server with users registered, the web app and a ready component."""
     async with (
         running_server(target, tmp_path / "server", request) as server,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
     ):
-        config_path = write_config(tmp_path / "c.toml", server, webapp)
+        config_path = write_config(tmp_path / "c.toml", server, webapp, **component_options)
         system = System(target, server, webapp, config_path, http)
         await system.start_component()
         try:
