@@ -115,6 +115,8 @@ class Application:
             checker=self.checker,
             online=self.online,
             readiness=self.readiness,
+            # Every sync slot busy, with a queue as long again behind them.
+            parallel=2 * config.sync.concurrency,
         )
         self._require_parts()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hmac
 import json
@@ -109,6 +110,25 @@ def parse_rosters(body: bytes, domain: str, limit: int) -> dict[str, object]:
     return rosters
 
 
+async def _run_all(work: Sequence[Job], width: int) -> list[SyncResult]:
+    """Every job's outcome, in order, with at most ``width`` of them started at once.
+
+    Enough at once to keep every sync slot busy; few enough that a 10,000-user refresh does
+    not hold 10,000 waiting syncs in memory, nor every user's roster until the last is done
+    (only the outcome is kept).
+    """
+    outcomes: list[SyncResult | None] = [None] * len(work)
+    queue = iter(enumerate(work))  # shared: each worker takes the next job when it is free
+
+    async def worker() -> None:
+        for index, job in queue:
+            result = await job()
+            outcomes[index] = dataclasses.replace(result, roster=None)
+
+    await asyncio.gather(*(worker() for _ in range(min(width, len(work)))))
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
 def _counts(results: Sequence[SyncResult], began: float) -> web.Response:
     """The answer to a refresh: how many users were updated, which failed."""
     failed = sorted(r.username for r in results if not r.ok)
@@ -205,8 +225,10 @@ class HttpApi:
         checker: Checker,
         online: Online,
         readiness: Readiness,
+        parallel: int = 64,
     ) -> None:
         self._config = config
+        self._parallel = parallel
         self._domain = domain
         self._refresher = refresher
         self._checker = checker
@@ -312,8 +334,7 @@ class HttpApi:
         if (unavailable := self._not_ready()) is not None:
             return unavailable
         began = time.perf_counter()
-        results = await asyncio.gather(*(job() for job in work))
-        return _counts(results, began)
+        return _counts(await _run_all(work, self._parallel), began)
 
     async def _refresh_one(self, request: web.Request) -> web.Response:
         try:

@@ -12,7 +12,7 @@ import stamina
 from aiohttp import web
 from stamina.instrumentation import set_on_retry_hooks
 
-from component import metrics
+from component import http_api, metrics
 from component.check import CheckResult, ItemChange
 from component.config import ListenerConfig
 from component.errors import BadRequestError
@@ -24,7 +24,7 @@ from tests.harness.webapp import FakeWebApp
 from tests.unit.sampling import sample
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 TOKEN = "let-me-in"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -521,3 +521,25 @@ def test_the_token_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch)
         (b"Bearer let-me-ix", b"Bearer let-me-in"),
         (b"Bearer x", b"Bearer let-me-in"),
     ]
+
+
+async def test_a_long_refresh_starts_a_bounded_number_of_syncs_and_keeps_only_outcomes() -> None:
+    """Jobs start at most `width` at a time, in order; outcomes keep no roster."""
+    running, most = 0, 0
+
+    def job(n: int) -> Callable[[], Awaitable[SyncResult]]:
+        async def sync() -> SyncResult:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.001 * (n % 4))
+            running -= 1
+            return SyncResult(f"u{n}", ok=n % 5 != 0, roster={}, version="v")
+
+        return sync
+
+    outcomes = await http_api._run_all([job(n) for n in range(40)], 3)
+    assert most == 3
+    assert [o.username for o in outcomes] == [f"u{n}" for n in range(40)]
+    assert [o.ok for o in outcomes] == [n % 5 != 0 for n in range(40)]
+    assert all(o.roster is None for o in outcomes)
