@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import itertools
+import json
 import sys
 import time
 import uuid
@@ -74,6 +76,24 @@ class _Outcome:
     ok: bool
     # Kept only while other callers wait on this user; then dropped to save memory.
     result: SyncResult | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Supplied:
+    """A roster the web app sent inline (bulk endpoint), as decoded, and its fingerprint."""
+
+    data: object
+    source: bytes
+
+
+def _fingerprint(data: object) -> bytes:
+    """A fingerprint of decoded JSON, to tell a roster sent again unchanged (b"": none)."""
+    try:
+        encoded = json.dumps(data, separators=(",", ":")).encode()
+    # From JSON it always encodes, unless nested nearly as deep as the decoder allowed.
+    except (TypeError, ValueError, RecursionError):
+        return b""
+    return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
 @dataclass(slots=True)
@@ -172,17 +192,10 @@ class Syncer:
 
     async def apply(self, username: str, data: object) -> SyncResult:
         """Sync with a roster the web app sent itself (bulk endpoint), checked exactly like a
-        fetched one: one that is not a roster fails this user and changes nothing."""
-        user = self.user_jid(username)
-        try:
-            parsed = parse_webapp_roster(data, user)
-        except RosterFormatError as exc:
-            metrics.SYNCS.labels(result="fetch_failed").inc()
-            log.warning("sync.bad_roster", user=user, reason=str(exc))
-            return SyncResult(username, ok=False, error=f"not a roster: {exc}")
-        for warning in parsed.warnings:
-            log.warning("webapp.roster_warning", username=username, warning=warning)
-        return await self._sync(username, max_age=None, supplied=parsed, roster_needed=False)
+        fetched one: one that is not a roster fails this user and changes nothing. One sent
+        exactly as last applied is recognized by its fingerprint, without being checked."""
+        supplied = _Supplied(data, _fingerprint(data))
+        return await self._sync(username, max_age=None, supplied=supplied, roster_needed=False)
 
     async def reconcile(self, username: str) -> SyncResult:
         """Sync now to repair drift: a roster changed behind the web app's back.
@@ -237,7 +250,7 @@ class Syncer:
         max_age: float | None,
         roster_needed: bool,
         repair: bool = False,
-        supplied: ParsedRoster | None = None,
+        supplied: _Supplied | None = None,
     ) -> SyncResult:
         requested = next(self._tickets)
         entry = self._locks.setdefault(username, _UserLock())
@@ -295,7 +308,7 @@ class Syncer:
             del self._last[oldest]
 
     async def _run(
-        self, username: str, *, repair: bool, supplied: ParsedRoster | None, roster_needed: bool
+        self, username: str, *, repair: bool, supplied: _Supplied | None, roster_needed: bool
     ) -> SyncResult:
         user = self.user_jid(username)
         bound = log.bind(user=user)
@@ -305,11 +318,19 @@ class Syncer:
         # unless the caller needs the roster itself (to answer a user's roster request).
         unless = None if known is None or roster_needed else known.source
         try:
-            parsed = supplied or await self._fetch(username, user, unless)
+            parsed = await self._wanted(username, supplied, unless)
+            if parsed is None and self._applied.get(username) is not known:
+                # forget_all() (or forget()) during the fetch made what we knew void: the
+                # server must be read and compared with the roster itself.
+                parsed = await self._wanted(username, supplied, None)
         except FetchError as exc:
             metrics.SYNCS.labels(result="fetch_failed").inc()
             bound.warning("sync.fetch_failed", reason=exc.reason)
             return SyncResult(username, ok=False, error=f"fetch failed: {exc.reason}")
+        except RosterFormatError as exc:
+            metrics.SYNCS.labels(result="fetch_failed").inc()
+            bound.warning("sync.bad_roster", reason=str(exc))
+            return SyncResult(username, ok=False, error=f"not a roster: {exc}")
         if parsed is None:
             metrics.SYNCS.labels(result="unchanged").inc()
             bound.debug("sync.unchanged", same_answer=True)
@@ -391,6 +412,21 @@ class Syncer:
             duration_ms=round((time.perf_counter() - began) * 1000, 1),
         )
         return SyncResult(username, ok=True, roster=now, version=applied_now.digest.hex())
+
+    async def _wanted(
+        self, username: str, supplied: _Supplied | None, unless: bytes | None
+    ) -> ParsedRoster | None:
+        """The roster the web app wants, or None when its answer is the one fingerprinted as
+        ``unless``. Raises FetchError, or RosterFormatError for a roster sent inline."""
+        user = self.user_jid(username)
+        if supplied is None:
+            return await self._fetch(username, user, unless)
+        if supplied.source and supplied.source == unless:
+            return None
+        parsed = parse_webapp_roster(supplied.data, user)
+        for warning in parsed.warnings:
+            log.warning("webapp.roster_warning", username=username, warning=warning)
+        return dataclasses.replace(parsed, source=supplied.source)
 
     async def _fetch(self, username: str, user: str, unless: bytes | None) -> ParsedRoster | None:
         # Its own task, so that stop() can cut it short without cancelling the caller.

@@ -525,6 +525,42 @@ async def test_a_roster_sent_inline_is_applied_without_a_fetch(
     assert webapp.fetches == []
 
 
+async def test_a_roster_sent_inline_again_unchanged_is_not_checked_again(
+    syncer: Syncer, store: MemoryStore
+) -> None:
+    """The same JSON as last applied stops at its fingerprint (no warnings repeated, nothing
+    written); a changed one is checked and applied."""
+    sent = {"bob@example.test": {"name": "Bob"}, "not a jid": {}}
+    with capture_logs() as first:
+        assert (await syncer.apply("alice", sent)).ok
+    writes = store.writes
+    with capture_logs() as again:
+        assert (await syncer.apply("alice", dict(sent))).ok
+    warned = [e for e in first + again if e["event"] == "webapp.roster_warning"]
+    assert len(warned) == 1
+    assert store.writes == writes
+    assert (await syncer.apply("alice", {"bob@example.test": {"name": "Robert"}})).ok
+    assert store.rosters[ALICE] == {BOB: Contact(BOB, "Robert")}
+
+
+async def test_an_answer_seen_before_is_compared_anew_when_what_was_known_is_forgotten(
+    syncer: Syncer, store: MemoryStore, webapp: ScriptedWebApp
+) -> None:
+    """A server restart during the fetch voids what was applied: the same answer then makes
+    the sync read the server and repair it, not stop at the answer's fingerprint."""
+    await syncer.refresh("alice")
+    reads = store.reads
+    del store.rosters[ALICE][CAROL]  # lost by the server while it restarted
+    webapp.gate = asyncio.Event()
+    refresh = asyncio.create_task(syncer.refresh("alice"))
+    await asyncio.sleep(0.01)
+    syncer.forget_all()
+    webapp.gate.set()
+    assert (await refresh).ok
+    assert store.reads == reads + 1
+    assert CAROL in store.rosters[ALICE]
+
+
 async def test_an_inline_non_roster_fails_that_user_alone(
     syncer: Syncer, store: MemoryStore
 ) -> None:
