@@ -31,8 +31,8 @@ class CircuitBreaker:
     """Closed, every request goes. After ``threshold`` failures in a row it opens: requests
     are refused at once for ``cooldown`` seconds; then one goes as a probe (half-open), whose
     success closes the circuit and whose failure opens it for another cooldown. A probe that
-    never reports (its caller was cancelled) lets another go after a cooldown. Any success
-    closes it: a request that began before it opened shows the web app answers too.
+    has not reported within ``probe_timeout`` (its caller was cancelled) lets another go. Any
+    success closes it: a request that began before it opened shows the web app answers too.
 
     Why not a library: purgatory lets every caller through while half-open (with a black-holed
     web app, sync.concurrency requests each waiting out a timeout) and reads the wall clock;
@@ -44,11 +44,13 @@ class CircuitBreaker:
         *,
         threshold: int,
         cooldown: float,
+        probe_timeout: float = 0.0,
         on_change: Callable[[CircuitChange], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._threshold = threshold
         self._cooldown = cooldown
+        self._probe_timeout = probe_timeout
         self._on_change = on_change
         self._clock = clock
         self._state: State = "closed"
@@ -77,7 +79,8 @@ class CircuitBreaker:
         now = self._clock()
         if now < self._retry_at:
             return False
-        self._retry_at = now + self._cooldown
+        # Until the probe reports, or is taken as lost.
+        self._retry_at = now + max(self._cooldown, self._probe_timeout)
         self._change("half-open")
         return True
 

@@ -42,6 +42,9 @@ _WAIT_JITTER = 0.5
 _RETRY_SLACK = 5.0
 # A gateway's way of saying the web app behind it is down or overloaded.
 _GATEWAY_DOWN = frozenset({502, 503, 504})
+# How long fetches wait behind a probe: a web app that is back answers it well within this;
+# one that is not would otherwise keep them all for a whole timeout, probe after probe.
+_PROBE_WAIT = 1.0
 
 
 def roster_url(template: str, username: str) -> str:
@@ -80,7 +83,10 @@ class WebAppClient:
         # While the web app is clearly down, fetches fail at once instead of each waiting out
         # its attempts: a 10,000-user refresh answers in seconds, logins get the stored roster.
         self._circuit = CircuitBreaker(
-            threshold=circuit_failures, cooldown=circuit_cooldown, on_change=self._circuit_changed
+            threshold=circuit_failures,
+            cooldown=circuit_cooldown,
+            probe_timeout=timeout,
+            on_change=self._circuit_changed,
         )
         # Set (and replaced) when a probe's outcome is known: fetches waiting on it go on.
         self._settled = asyncio.Event()
@@ -174,7 +180,7 @@ class WebAppClient:
 
         Not logged per user: the circuit's own events say the web app is down.
         """
-        deadline = time.monotonic() + self._timeout
+        deadline = time.monotonic() + min(self._timeout, _PROBE_WAIT)
         while not self._circuit.allow():
             remaining = deadline - time.monotonic()
             if self._circuit.state == "open" or remaining <= 0:

@@ -94,12 +94,16 @@ def test_a_failed_probe_opens_for_another_cooldown(breaker: CircuitBreaker, cloc
     assert breaker.allow()
 
 
-def test_a_probe_that_never_reports_is_replaced(breaker: CircuitBreaker, clock: Clock) -> None:
-    """A cancelled probe cannot keep the circuit half-open for ever."""
+def test_a_probe_that_never_reports_is_replaced(clock: Clock) -> None:
+    """A cancelled probe cannot keep the circuit half-open for ever: after the longer of the
+    cooldown and the probe's own timeout, another goes."""
+    breaker = CircuitBreaker(threshold=3, cooldown=10, probe_timeout=30, clock=clock)
     open_it(breaker)
     clock.now += 10
     assert breaker.allow()
-    clock.now += 10
+    clock.now += 29.9
+    assert not breaker.allow()
+    clock.now += 0.1
     assert breaker.allow()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -396,3 +397,22 @@ async def test_a_failed_probe_fails_the_fetches_waiting_on_it(
     assert len(reasons) == 5
     assert all(r.startswith("web app down (1 failures in a row, last: connection") for r in reasons)
     assert "webapp.circuit_probe_failed" in [e["event"] for e in logs]
+
+
+async def test_fetches_wait_for_a_slow_probe_only_briefly(
+    make_client: MakeClient, webapp: FakeWebApp
+) -> None:
+    """A probe that hangs keeps the fetches behind it for a moment, not for its timeout."""
+    client = make_client(attempts=1, timeout=5, circuit_failures=1, circuit_cooldown=0.1)
+    await webapp.set_mode("down")
+    await fetch_error(client)
+    await webapp.set_mode("hang")
+    await asyncio.sleep(0.1)
+    probe = asyncio.create_task(client.fetch("john", OWNER))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    assert (await fetch_error(client, "aaron")).reason.startswith("web app down")
+    assert time.monotonic() - started < 4  # the probe's timeout is 5 s
+    probe.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await probe
