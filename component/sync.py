@@ -238,6 +238,9 @@ class Syncer:
         does when killed). Syncs still running do not record theirs either: they record into
         the dict replaced here, which nothing reads any more."""
         self._applied = {}
+        # Nor is a sync from before the break fresh: rosters may have changed while refreshes
+        # got 503, and the server may have lost it; each user's next login syncs again.
+        self._last.clear()
 
     async def current_roster(self, username: str) -> Roster:
         """The roster the server holds for the user now. Raises StoreError."""

@@ -492,6 +492,17 @@ async def test_a_sync_fetching_when_the_server_went_away_reads_it(
     assert store.rosters[ALICE] == webapp.rosters["alice"]
 
 
+async def test_after_the_server_went_away_a_login_syncs_again_within_max_age(
+    syncer: Syncer, webapp: ScriptedWebApp
+) -> None:
+    """A sync from before the link broke is not fresh: the web app's changes during the
+    outage (refreshes got 503) reach a user who logs in again at once."""
+    await syncer.ensure_fresh("alice")
+    syncer.forget_all()
+    assert (await syncer.ensure_fresh("alice")).ok
+    assert webapp.fetches == ["alice", "alice"]
+
+
 async def test_reconciliation_always_reads(syncer: Syncer, store: MemoryStore) -> None:
     """Drift is only seen in the server: a reconciliation reads even an unchanged roster."""
     await syncer.refresh("alice")
