@@ -166,8 +166,10 @@ def reported_failures(status: int, body: dict[str, Any], users: int) -> set[str]
 
 @pytest.fixture(name="component_options")
 def fixture_component_options() -> dict[str, dict[str, object]]:
+    # The default xmpp_timeout, not the tests' 5 s: ejabberd's process_rosteritems (in every
+    # read) slows with the rosters of all users, past 5 s in the big run on a busy machine.
     return {
-        "sync": {"concurrency": SYNC_SLOTS},
+        "sync": {"concurrency": SYNC_SLOTS, "xmpp_timeout": 10},
         "webapp": {"circuit_cooldown": CIRCUIT_COOLDOWN},
     }
 
