@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import socket
@@ -125,6 +126,17 @@ async def test_service_notifies_systemd_logs_json_and_stops_cleanly(
     assert all({"@timestamp", "log.level", "ecs.version", "log"} <= e.keys() for e in events)
 
 
+async def refused(port: int) -> bool:
+    """Whether a connection to the port on loopback is refused."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    await writer.wait_closed()
+    return False
+
+
 USERS = [f"u{i:02}" for i in range(40)]
 CONTACTS: dict[str, object] = {f"c{i}@example.test": {"name": f"Contact {i}"} for i in range(30)}
 
@@ -132,9 +144,9 @@ CONTACTS: dict[str, object] = {f"c{i}@example.test": {"name": f"Contact {i}"} fo
 async def test_sigterm_during_a_large_refresh_answers_it_and_exits_0(
     prosody_factory: ServerFactory, webapp: FakeWebApp, tmp_path: Path
 ) -> None:
-    """SIGTERM mid-refresh: the caller gets the counts (users not done as errors), the process
-    exits 0 within the stop timeout, and every roster is either untouched or complete; the
-    watchdog was pinged while it ran, not after STOPPING=1."""
+    """SIGTERM mid-refresh: new connections are refused, the caller gets the counts (users not
+    done as errors), the process exits 0 within the stop timeout, and every roster is either
+    untouched or complete; the watchdog was pinged while it ran, not after STOPPING=1."""
     server = await prosody_factory(delegate_roster=False)
     server.add_accounts(USERS, "pw")
     for user in USERS:
@@ -169,6 +181,9 @@ async def test_sigterm_during_a_large_refresh_answers_it_and_exits_0(
         await eventually(lambda: len(webapp.requests) >= 12, within=15)
         process.send_signal(signal.SIGTERM)
         stopped = asyncio.get_running_loop().time()
+        # New connections are refused at once, while the refresh goes on.
+        await eventually(functools.partial(refused, port), within=1)
+        assert not refresh.done()
         async with asyncio.timeout(10):
             response = await refresh
             status, body = response.status, await response.json()
