@@ -41,6 +41,10 @@ log = structlog.get_logger(__name__)
 _PROBE_INTERVAL = 5.0
 # A username only ever asked about, to see that the API answers for us.
 _PROBE_USER = "http-roster-admin-probe"
+# The scan of every roster item for pending requests: how much longer than one call it may
+# take, and for how many times its duration its result serves later reads.
+_SCAN_TIMEOUT_FACTOR = 6
+_SCAN_REUSE_FACTOR = 10
 # check_account answers like ejabberdctl's exit status: 0 is "exists".
 _ACCOUNT_EXISTS = 0
 _PENDING_OUT = frozenset({"out", "both"})
@@ -80,6 +84,10 @@ class AdminApiRosterStore:
         self._joined_groups = False
         # process_rosteritems not allowed (or not available): said once, then not asked again.
         self._no_rosteritems = False
+        # It scans every roster item of the server, whoever it is asked about: one scan for
+        # the whole host serves every read that starts while it runs or shortly after.
+        self._scan: asyncio.Future[dict[str, list[str]]] | None = None
+        self._scan_reusable_until = 0.0
         self._turns: dict[str, _Turn] = {}
 
     # --- lifecycle and readiness -------------------------------------------------------------
@@ -148,8 +156,30 @@ class AdminApiRosterStore:
         every login. process_rosteritems sees them (Mnesia roster storage only)."""
         if self._no_rosteritems:
             return []
+        loop = asyncio.get_running_loop()
+        scan = self._scan
+        if scan is None or (scan.done() and loop.time() >= self._scan_reusable_until):
+            scan = self._scan = asyncio.ensure_future(self._scan_strangers())
+        # Shielded: one reader cancelled must not cancel the scan the others wait for.
+        return (await asyncio.shield(scan)).get(user, [])
+
+    async def _scan_strangers(self) -> dict[str, list[str]]:
+        """Every pending request from a stranger on this host, by user (one scan).
+
+        The scan visits every roster item of the server; its result is reused for ten times
+        as long as it took, so scans take a tenth of ejabberd's time at most however many
+        users sync (a request arriving meanwhile is found by the next scan: drift is repaired
+        at the next sync that reads, the reconciliation's at the latest).
+        """
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
-            found = await self._call("process_rosteritems", _pending_query(user), optional=True)
+            found = await self._call(
+                "process_rosteritems",
+                _pending_query(f"*@{self._domain}"),
+                optional=True,
+                answer_within=_SCAN_TIMEOUT_FACTOR * self._timeout,
+            )
         except ApiFailedError as exc:
             self._no_rosteritems = True
             log.error(  # noqa: TRY400 -- an expected answer, its traceback says nothing
@@ -158,8 +188,16 @@ class AdminApiRosterStore:
                 hint="allow process_rosteritems in api_permissions (deploy/ejabberd/); without "
                 "it, pending requests from strangers are not repaired",
             )
-            return []
-        return [str(entry["contact"]) for entry in found if isinstance(entry, dict)]
+            return {}
+        except StoreError:
+            self._scan = None  # not reused: the next read asks again
+            raise
+        self._scan_reusable_until = loop.time() + _SCAN_REUSE_FACTOR * (loop.time() - began)
+        by_user: dict[str, list[str]] = {}
+        for entry in found if isinstance(found, list) else []:
+            if isinstance(entry, dict):
+                by_user.setdefault(str(entry["user"]), []).append(str(entry["contact"]))
+        return by_user
 
     async def write(self, user: str, contact: Contact) -> None:
         async with self._turn(user):
@@ -237,6 +275,13 @@ class AdminApiRosterStore:
                 await self.write(user, contact)
             else:
                 await self.remove(user, jid)
+            self._forget_stranger(user, jid)
+
+    def _forget_stranger(self, user: str, jid: str) -> None:
+        """A cleared request leaves the scan's result too: reads reusing it must not find it."""
+        if self._scan is not None and self._scan.done() and not self._scan.exception():
+            with contextlib.suppress(ValueError):
+                self._scan.result().get(user, []).remove(jid)
 
     async def announce(self, user: str, added: Sequence[str], removed: Sequence[str]) -> None:
         # add_rosteritem and delete_rosteritem route presence themselves.
@@ -256,7 +301,13 @@ class AdminApiRosterStore:
         return result
 
     async def _call(
-        self, command: str, args: dict[str, Any], *, failures: bool = False, optional: bool = False
+        self,
+        command: str,
+        args: dict[str, Any],
+        *,
+        failures: bool = False,
+        optional: bool = False,
+        answer_within: float | None = None,
     ) -> Any:
         """POST one command; its decoded answer.
 
@@ -265,12 +316,15 @@ class AdminApiRosterStore:
         answers are StoreError, or ApiFailedError when ``failures`` is set.
         """
         metrics.SERVER_REQUESTS.labels(kind="api").inc()
+        timeout = answer_within or self._timeout
         try:
-            async with self._get_session().post(f"{self._url}/{command}", json=args) as response:
+            async with self._get_session().post(
+                f"{self._url}/{command}", json=args, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
                 text = await response.text()
                 status = response.status
         except TimeoutError:
-            unreachable = f"ejabberd API at {self._url}: no answer in {self._timeout}s"
+            unreachable = f"ejabberd API at {self._url}: no answer in {timeout}s"
             self._set_problem(unreachable)
             raise StoreUnavailableError(unreachable) from None
         except aiohttp.ClientError as exc:
@@ -321,9 +375,10 @@ class _Turn:
     waiting: int = 0
 
 
-def _pending_query(user: str) -> dict[str, str]:
-    """process_rosteritems arguments listing pending requests to ``user`` from strangers."""
-    return {"action": "list", "subs": "none", "asks": "in", "users": user, "contacts": "any"}
+def _pending_query(users: str) -> dict[str, str]:
+    """process_rosteritems arguments listing pending requests from strangers to ``users`` (a
+    pattern)."""
+    return {"action": "list", "subs": "none", "asks": "in", "users": users, "contacts": "any"}
 
 
 def _write_error(exc: ApiFailedError) -> StoreError:

@@ -36,6 +36,7 @@ class FakeApi:
         self.status: int | None = None  # force every answer to this status
         # Requests from strangers: items get_roster leaves out (user -> contacts).
         self.hidden: dict[str, set[str]] = {}
+        self.scans = 0  # process_rosteritems calls
         self.refused_commands: set[str] = set()  # answered 403
         self.delay = 0.0  # seconds each write takes
         self.writing: dict[str, int] = {}  # user -> writes in progress
@@ -117,10 +118,15 @@ class FakeApi:
 
     def _process_rosteritems(self, args: dict[str, Any]) -> list[dict[str, str]]:
         assert (args["subs"], args["asks"]) == ("none", "in")
-        user = args["users"].partition("@")[0]
-        hidden = self.hidden.get(user, set())
         assert (args["action"], args["contacts"]) == ("list", "any")
-        return [{"user": args["users"], "contact": c} for c in sorted(hidden)]
+        self.scans += 1
+        everyone, _, host = args["users"].partition("@")
+        assert everyone == "*"  # every user of the host: one scan serves all reads
+        return [
+            {"user": f"{user}@{host}", "contact": contact}
+            for user, hidden in sorted(self.hidden.items())
+            for contact in sorted(hidden)
+        ]
 
     def _delete_rosteritem(self, args: dict[str, Any]) -> int:
         jid = f"{args['user']}@{args['host']}"
@@ -268,6 +274,27 @@ async def test_requests_from_strangers_are_seen_and_dropped(
     assert (await store.read(ALICE)).pending_in == {"eve@x.test", "mallory@y.test"}
     await store.clear_pending(ALICE, ["eve@x.test"])
     assert api.hidden["alice"] == {"mallory@y.test"}
+    # Read again at once (the scan's result reused): the cleared request is gone there too.
+    assert (await store.read(ALICE)).pending_in == {"mallory@y.test"}
+
+
+async def test_one_scan_for_pending_requests_serves_the_reads_made_meanwhile(
+    store: AdminApiRosterStore, api: FakeApi
+) -> None:
+    """process_rosteritems visits every item of the server: the reads of many users at once
+    share one scan of the host, and a scan is reused only for ten times what it took."""
+    api.accounts |= {f"u{n}" for n in range(10)}
+    api.hidden = {"alice": {"eve@x.test"}, "u3": {"mallory@y.test"}}
+    reads = await asyncio.gather(*(store.read(f"u{n}@example.test") for n in range(10)))
+    pending = {n: set(r.pending_in) for n, r in enumerate(reads) if r.pending_in}
+    assert pending == {3: {"mallory@y.test"}}
+    assert (await store.read(ALICE)).pending_in == {"eve@x.test"}
+    assert api.scans == 1
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(store._scan_reusable_until - loop.time() + 0.01)
+    api.hidden["alice"].add("trudy@z.test")
+    assert (await store.read(ALICE)).pending_in == {"eve@x.test", "trudy@z.test"}
+    assert api.scans == 2
 
 
 async def test_without_process_rosteritems_the_rest_still_works(
