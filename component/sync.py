@@ -28,6 +28,7 @@ from component.errors import (
     StoreError,
     StoreUnavailableError,
     UnknownUserError,
+    WebAppDownError,
 )
 from component.roster import (
     Contact,
@@ -328,7 +329,9 @@ class Syncer:
                 parsed = await self._wanted(username, supplied, None)
         except FetchError as exc:
             metrics.SYNCS.labels(result="fetch_failed").inc()
-            bound.warning("sync.fetch_failed", reason=exc.reason)
+            # While the web app is down its circuit says so once, not once per user.
+            quiet = isinstance(exc, WebAppDownError)
+            (bound.debug if quiet else bound.warning)("sync.fetch_failed", reason=exc.reason)
             return SyncResult(username, ok=False, error=f"fetch failed: {exc.reason}")
         except RosterFormatError as exc:
             metrics.SYNCS.labels(result="fetch_failed").inc()

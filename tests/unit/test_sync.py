@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from component.errors import FetchError, ItemRefusedError, StoreError
+from component.errors import FetchError, ItemRefusedError, StoreError, WebAppDownError
 from component.roster import Contact, ParsedRoster, Roster, RosterDiff, digest, version
 from component.sync import Syncer
 from tests.harness.memory_store import MemoryStore
@@ -21,6 +21,7 @@ class ScriptedWebApp:
     def __init__(self) -> None:
         self.rosters: dict[str, Roster] = {}
         self.failing = False
+        self.down = False  # its circuit is open: not even asked
         self.fetches: list[str] = []
         self.parsed = 0  # answers the syncer had to decode (not the one last applied)
         self.gate: asyncio.Event | None = None
@@ -30,6 +31,8 @@ class ScriptedWebApp:
         self.fetches.append(username)
         if self.gate is not None:
             await self.gate.wait()
+        if self.down:
+            raise WebAppDownError(username, "web app down (connection refused)")
         if self.failing:
             raise FetchError(username, "HTTP 500")
         roster = dict(self.rosters.get(username, {}))
@@ -133,6 +136,21 @@ async def test_failed_fetch_changes_nothing(
     assert result.error == "fetch failed: HTTP 500"
     assert store.rosters["alice@example.test"] == before
     assert store.writes == 0
+
+
+async def test_a_web_app_taken_for_down_is_not_logged_once_per_user(
+    syncer: Syncer, webapp: ScriptedWebApp
+) -> None:
+    """Its circuit says it once; each user's failure is still counted, at debug level."""
+    webapp.down = True
+    with capture_logs() as logs:
+        results = [await syncer.refresh(user) for user in ("alice", "bob")]
+    assert [r.ok for r in results] == [False, False]
+    assert {(e["event"], e["log_level"]) for e in logs} == {("sync.fetch_failed", "debug")}
+    webapp.down, webapp.failing = False, True
+    with capture_logs() as logs:
+        await syncer.refresh("alice")
+    assert [(e["event"], e["log_level"]) for e in logs] == [("sync.fetch_failed", "warning")]
 
 
 async def test_store_failure_is_reported(syncer: Syncer, store: MemoryStore) -> None:
