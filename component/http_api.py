@@ -336,13 +336,19 @@ class HttpApi:
         began = time.perf_counter()
         return _counts(await _run_all(work, self._parallel), began)
 
-    async def _refresh_one(self, request: web.Request) -> web.Response:
+    def _one_user(self, request: web.Request) -> str | web.Response:
+        """The username in the path, or the answer when it is bad or we are not ready."""
         try:
             username = normalize_username(request.match_info["username"], self._domain)
         except BadRequestError as exc:
             return _json(400, status="error", message=str(exc))
-        if (unavailable := self._not_ready()) is not None:
-            return unavailable
+        unavailable = self._not_ready()
+        return username if unavailable is None else unavailable
+
+    async def _refresh_one(self, request: web.Request) -> web.Response:
+        username = self._one_user(request)
+        if isinstance(username, web.Response):
+            return username
         result = await self._refresher.refresh(username)
         log.info("refresh.done", users=1, updated=int(result.ok), errors=int(not result.ok))
         if result.ok:
@@ -351,12 +357,9 @@ class HttpApi:
 
     async def _check_one(self, request: web.Request) -> web.Response:
         """How the server's copy of one roster differs from the web app's; nothing written."""
-        try:
-            username = normalize_username(request.match_info["username"], self._domain)
-        except BadRequestError as exc:
-            return _json(400, status="error", message=str(exc))
-        if (unavailable := self._not_ready()) is not None:
-            return unavailable
+        username = self._one_user(request)
+        if isinstance(username, web.Response):
+            return username
         result = await self._checker.check(username)
         log.info(
             "check.done",
