@@ -895,6 +895,7 @@ class Run:
         self.figures["inline.errors"] = errors
         self.figures["inline.users_per_s"] = len(names) / took
         self.record("inline", before, after, len(names))
+        self.synced_at = time.monotonic()  # logins wait max_age from this sync too
         await self.quiet()
 
     def refresh_call(self) -> Callable[[Sequence[str]], Awaitable[dict[str, Any]]]:
