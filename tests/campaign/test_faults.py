@@ -54,6 +54,10 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.campaign, pytest.mark.integration]
 
 USERS = scale(24, 150)
+#: Fewer on ejabberd in the big run: every first read asks process_rosteritems, which scans
+#: the rosters of all users (seconds per call at the full size on a busy machine), and each
+#: account deleted afterwards costs a second or more.
+EJABBERD_USERS = scale(24, 60)
 CONTACTS = scale(8, 24)
 #: sync.concurrency: few slots in the small run, so that few users are enough for a fault to
 #: find some done, a slot's worth part way and others not begun; the default in the big one.
@@ -177,7 +181,8 @@ def fixture_component_options() -> dict[str, dict[str, object]]:
 @pytest.fixture(name="crowd")
 async def fixture_crowd(system: System, figures: Figures) -> AsyncIterator[Crowd]:
     """The population registered, its rosters at generation 0 in the server."""
-    population = Population(USERS, CONTACTS, DOMAIN)
+    size = EJABBERD_USERS if system.target.kind == "ejabberd" else USERS
+    population = Population(size, CONTACTS, DOMAIN)
     await register(system.server, population.users, PASSWORD)
     crowd = Crowd(system, population, figures)
     try:
@@ -250,7 +255,8 @@ async def test_xmpp_server_frozen_mid_refresh(
     system = crowd.system
     # Every sync under way waits out sync.xmpp_timeout: a short one keeps the test short.
     await system.stop_component()
-    options = {**component_options, "sync": {**component_options["sync"], "xmpp_timeout": 2}}
+    timeout = scale(2, 10)  # the big run's ejabberd needs the default after the thaw
+    options = {**component_options, "sync": {**component_options["sync"], "xmpp_timeout": timeout}}
     write_config(system.config_path, system.server, system.webapp, **options)
     await system.start_component()
     crowd.next_generation()
