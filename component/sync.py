@@ -167,6 +167,7 @@ class Syncer:
         # unchanged then costs no server request, a changed one only its writes; drift behind
         # our back is the reconciliation's to find (it always reads).
         self._applied: dict[str, _Known] = {}
+        self._forgotten: set[str] = set()  # forgotten while a sync of theirs ran
         self._background_slots = asyncio.Semaphore(max(1, concurrency // 2))
         self._locks: dict[str, _UserLock] = {}
         # Users synced within max_age, oldest first (pruned as new outcomes arrive).
@@ -232,6 +233,9 @@ class Syncer:
         """Drop what we believe the server holds for the user (a check found it differs):
         the next sync reads the server instead of trusting what we applied last."""
         self._applied.pop(username, None)
+        if username in self._locks:
+            # A sync of theirs running now must not record what it believes afterwards.
+            self._forgotten.add(username)
 
     def forget_all(self) -> None:
         """Drop what we believe the server holds for every user: the link to the server broke,
@@ -301,6 +305,15 @@ class Syncer:
                 if (outcome := self._last.get(username)) is not None:
                     outcome.result = None
 
+    def _record(
+        self, username: str, known: _Known, memory: dict[str, _Known] | None = None
+    ) -> None:
+        """What the server now holds for the user, unless it was forgotten meanwhile."""
+        if username in self._forgotten:
+            self._forgotten.discard(username)
+            return
+        (self._applied if memory is None else memory)[username] = known
+
     def _remember(self, username: str, outcome: _Outcome) -> None:
         self._last[username] = outcome
         self._last.move_to_end(username)
@@ -350,7 +363,7 @@ class Syncer:
             if parsed.source:
                 # The same roster written differently (key order...): the next such answer
                 # is recognized without decoding.
-                self._applied[username] = dataclasses.replace(known, source=parsed.source)
+                self._record(username, dataclasses.replace(known, source=parsed.source))
             return SyncResult(username, ok=True, roster=parsed.roster, version=wanted.hex())
         return await self._write(username, parsed, known, repair=repair, began=began)
 
@@ -402,7 +415,8 @@ class Syncer:
             metrics.SYNCS.labels(result="store_failed").inc()
             _log_store_failure(bound, failure)
             return SyncResult(username, ok=False, error=f"server store: {failure}")
-        memory[username] = applied_now = _Known.of(now, parsed.source)
+        applied_now = _Known.of(now, parsed.source)
+        self._record(username, applied_now, memory)
         metrics.SYNCS.labels(result="ok").inc()
         metrics.ITEMS_WRITTEN.inc(len(applied.upserts))
         metrics.ITEMS_REMOVED.inc(len(applied.removals))

@@ -590,6 +590,23 @@ async def test_an_answer_seen_before_is_compared_anew_when_what_was_known_is_for
     assert CAROL in store.rosters[ALICE]
 
 
+async def test_a_user_forgotten_while_their_sync_writes_is_read_at_the_next_sync(
+    syncer: Syncer, store: MemoryStore, webapp: ScriptedWebApp
+) -> None:
+    """A check that finds drift forgets the user; a sync then writing must not record what it
+    believes afterwards, or the next refresh would skip the repair."""
+    await syncer.refresh("alice")
+    webapp.rosters["alice"] = {BOB: Contact(BOB, "Robert")}
+    store.write_delay = 0.05
+    writing = asyncio.create_task(syncer.refresh("alice"))
+    await asyncio.sleep(0.02)  # fetched, now writing
+    syncer.forget("alice")
+    assert (await writing).ok
+    reads = store.reads
+    await syncer.refresh("alice")
+    assert store.reads == reads + 1
+
+
 async def test_an_inline_non_roster_fails_that_user_alone(
     syncer: Syncer, store: MemoryStore
 ) -> None:
