@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from aiohttp import web
 
 from component import config
 from component.__main__ import main
@@ -22,10 +21,9 @@ from component.cli import commands
 from component.cli.service import service_url
 from component.config import ListenerConfig
 from component.errors import ConfigError, ServiceError
-from component.http_api import HttpApi
 from component.roster import Contact
 from tests.unit.test_config import GOOD
-from tests.unit.test_http_api import TOKEN, Recorder
+from tests.unit.test_http_api import TOKEN, Recorder, listening
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -52,19 +50,8 @@ def fixture_recorder() -> Recorder:
 @pytest.fixture(name="port")
 async def fixture_port(recorder: Recorder) -> AsyncIterator[int]:
     """The service's listener, for real on loopback, with max_users 50."""
-    api = HttpApi(
-        ListenerConfig(port=1, token=TOKEN, max_users=50),
-        domain="example.test",
-        refresher=recorder,
-        checker=recorder,
-        online=recorder,
-        readiness=recorder,
-    )
-    runner = web.AppRunner(api.app())
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield runner.addresses[0][1]
-    await runner.cleanup()
+    async with listening(recorder, ListenerConfig(port=1, token=TOKEN, max_users=50)) as port:
+        yield port
 
 
 @pytest.fixture(name="cfg")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 from typing import TYPE_CHECKING
 
@@ -71,12 +72,11 @@ def fixture_recorder() -> Recorder:
     return Recorder()
 
 
-@pytest.fixture(name="base_url")
-async def fixture_base_url(recorder: Recorder) -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def listening(recorder: Recorder, config: ListenerConfig) -> AsyncIterator[int]:
+    """The listener served for real on loopback, the recorder behind it; its port."""
     api = HttpApi(
-        ListenerConfig(
-            port=1, token=TOKEN, max_body_bytes=200_000, max_rosters_bytes=400_000, max_users=50
-        ),
+        config,
         domain="example.test",
         refresher=recorder,
         checker=recorder,
@@ -85,11 +85,20 @@ async def fixture_base_url(recorder: Recorder) -> AsyncIterator[str]:
     )
     runner = web.AppRunner(api.app())
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture(name="base_url")
+async def fixture_base_url(recorder: Recorder) -> AsyncIterator[str]:
+    config = ListenerConfig(
+        port=1, token=TOKEN, max_body_bytes=200_000, max_rosters_bytes=400_000, max_users=50
+    )
+    async with listening(recorder, config) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(name="http")
