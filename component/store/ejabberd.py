@@ -315,22 +315,7 @@ class AdminApiRosterStore:
         except for an ``optional`` command, whose refusal is only ApiFailedError. Other error
         answers are StoreError, or ApiFailedError when ``failures`` is set.
         """
-        metrics.SERVER_REQUESTS.labels(kind="api").inc()
-        timeout = answer_within or self._timeout
-        try:
-            async with self._get_session().post(
-                f"{self._url}/{command}", json=args, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as response:
-                text = await response.text()
-                status = response.status
-        except TimeoutError:
-            unreachable = f"ejabberd API at {self._url}: no answer in {timeout}s"
-            self._set_problem(unreachable)
-            raise StoreUnavailableError(unreachable) from None
-        except aiohttp.ClientError as exc:
-            unreachable = f"ejabberd API at {self._url} unreachable: {exc}"
-            self._set_problem(unreachable)
-            raise StoreUnavailableError(unreachable) from None
+        status, text = await self._post(command, args, answer_within or self._timeout)
         if optional and status in {401, 403, 404}:
             raise ApiFailedError(command, status, text)
         problem: str | None = None
@@ -357,6 +342,28 @@ class AdminApiRosterStore:
             return json.loads(text)
         except ValueError:
             raise StoreError(f"ejabberd API {command}: not JSON: {text[:200]!r}") from None
+
+    async def _post(self, command: str, args: dict[str, Any], within: float) -> tuple[int, str]:
+        """The HTTP status and body of one command; StoreUnavailableError without an answer."""
+        metrics.SERVER_REQUESTS.labels(kind="api").inc()
+        try:
+            async with self._get_session().post(
+                f"{self._url}/{command}", json=args, timeout=aiohttp.ClientTimeout(total=within)
+            ) as response:
+                return response.status, await response.text()
+        except TimeoutError:
+            unreachable = f"ejabberd API at {self._url}: no answer in {within}s"
+            if asyncio.current_task() is self._probe:
+                self._set_problem(unreachable)
+            elif self._probe is None or self._probe.done():
+                # One slow answer (a loaded server) is not an API gone: the probe decides, so
+                # that refreshes are not refused for a probe interval over one late call.
+                self._probe = asyncio.ensure_future(self._keep_probing())
+            raise StoreUnavailableError(unreachable) from None
+        except aiohttp.ClientError as exc:
+            unreachable = f"ejabberd API at {self._url} unreachable: {exc}"
+            self._set_problem(unreachable)
+            raise StoreUnavailableError(unreachable) from None
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created on first use: a ClientSession belongs to the loop running when it is made.

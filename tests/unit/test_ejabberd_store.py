@@ -39,6 +39,7 @@ class FakeApi:
         self.scans = 0  # process_rosteritems calls
         self.refused_commands: set[str] = set()  # answered 403
         self.delay = 0.0  # seconds each write takes
+        self.hang: dict[str, float] = {}  # command -> seconds before it answers
         self.writing: dict[str, int] = {}  # user -> writes in progress
         self.overlaps: set[str] = set()  # users with two writes at once
         self.peak_writes = 0
@@ -69,6 +70,7 @@ class FakeApi:
             return web.Response(status=self.status, text='"forced"')
         if command in self.refused_commands:
             return web.Response(status=403, text='{"code": 32}')
+        await asyncio.sleep(self.hang.get(command, 0.0))
         if command in {"add_rosteritem", "delete_rosteritem"}:
             await self._timed(args)
         answer = getattr(self, f"_{command}")(args)
@@ -231,6 +233,37 @@ async def test_an_api_that_refuses_us_makes_the_store_unready(
     api.status = None
     await store.read(ALICE)
     assert store.problem() is None
+
+
+async def test_one_late_answer_is_not_an_api_gone(api: FakeApi) -> None:
+    """A call that times out fails alone; the probe it starts finds the API answering, so
+    the store never stops being ready (no 503, no warning). An API that answers nothing at
+    all is said to be gone."""
+    changes: list[str | None] = []
+    store = AdminApiRosterStore(
+        api.url,
+        "example.test",
+        concurrency=4,
+        timeout=0.2,
+        on_change=lambda: changes.append(store.problem()),
+    )
+    try:
+        await store.write(ALICE, Contact(BOB))  # the API answers: ready
+        api.hang["add_rosteritem"] = 0.5
+        with pytest.raises(StoreUnavailableError, match="no answer"):
+            await store.write(ALICE, Contact("carol@example.test"))
+        assert store._probe is not None
+        await asyncio.wait_for(store._probe, 5)  # it answered at once: no more probing
+        assert changes == [None]  # ready after the first answer, and never since
+        api.hang["check_account"] = 0.5
+        changed = asyncio.Event()
+        store._on_change = changed.set
+        with pytest.raises(StoreUnavailableError):
+            await store.write(ALICE, Contact("dave@example.test"))
+        await asyncio.wait_for(changed.wait(), 5)
+        assert "no answer" in (store.problem() or "")
+    finally:
+        await store.close()
 
 
 async def test_an_unreachable_api_is_probed_until_it_answers(
