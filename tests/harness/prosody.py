@@ -570,17 +570,10 @@ VirtualHost {_lua_str(self.domain)}
     ) -> dict[str, dict[str, StoredItem]]:
         """Each user's stored contacts (one Lua process for all). Groups are read as
         tab-separated, so group names must not contain tabs."""
-        process = await asyncio.create_subprocess_exec(
-            "lua5.4", "-", *(str(self._roster_path(user)) for user in users),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(process.communicate(_DUMP_ITEMS_LUA.encode()), timeout)
-        if process.returncode != 0:
-            raise ProsodyError(f"cannot read rosters: {err.decode(errors='replace')}")
+        paths = [str(self._roster_path(user)) for user in users]
+        out = await _run_lua(_DUMP_ITEMS_LUA, paths, timeout, "cannot read rosters")
         rosters: dict[str, dict[str, StoredItem]] = {user: {} for user in users}
-        for line in out.decode().splitlines():
+        for line in out.splitlines():
             index, contact, subscription, name, *groups = line.split("\t")
             rosters[users[int(index) - 1]][contact] = StoredItem(
                 name or None, frozenset(g for g in groups if g), subscription
@@ -598,16 +591,8 @@ VirtualHost {_lua_str(self.domain)}
         asking: set[str] = set()
         pending_in: set[str] = set()
         if path.exists():
-            process = await asyncio.create_subprocess_exec(
-                "lua5.4", "-", str(path),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
-            out, _ = await asyncio.wait_for(process.communicate(_DUMP_ROSTER_LUA.encode()), timeout)
-            if process.returncode != 0:
-                raise ProsodyError(f"cannot read {path}: {out.decode(errors='replace')}")
-            for line in out.decode().splitlines():
+            out = await _run_lua(_DUMP_ROSTER_LUA, [str(path)], timeout, f"cannot read {path}")
+            for line in out.splitlines():
                 kind, contact, *rest = line.split("\t")
                 if kind == "pending":
                     pending_in.add(contact)
@@ -642,3 +627,17 @@ VirtualHost {_lua_str(self.domain)}
 
 #: What the prosody_factory fixture gives: ``await factory(delegate_roster=False)``.
 ServerFactory = Callable[..., Awaitable[ProsodyServer]]
+
+
+async def _run_lua(script: str, args: list[str], timeout: float, failure: str) -> str:
+    """The output of ``script`` run by the Lua that runs Prosody; ProsodyError on failure."""
+    process = await asyncio.create_subprocess_exec(
+        "lua5.4", "-", *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(script.encode()), timeout)
+    if process.returncode != 0:
+        raise ProsodyError(f"{failure}: {err.decode(errors='replace')}")
+    return out.decode()
