@@ -116,6 +116,29 @@ def parse_pending(result: ET.Element) -> frozenset[str]:
     )
 
 
+def push_request(
+    username: str, sessions: Iterable[str], queries: Iterable[ET.Element]
+) -> ET.Element:
+    """Ask the shipped module to push ``queries`` (one item each, in order) to the user's
+    ``sessions`` (full JIDs), as the server pushes its own changes: one request instead of a
+    privileged IQ per push and client, each relayed both ways."""
+    push = ET.Element(_q(PRESENCE_UPDATE_NS, "push"), {"user": username})
+    for session in sessions:
+        ET.SubElement(push, _q(PRESENCE_UPDATE_NS, "session"), {"jid": session})
+    push.extend(queries)
+    return push
+
+
+def parse_push_result(result: ET.Element) -> frozenset[str]:
+    """The sessions the module found gone, from its answer to a push_request."""
+    push = result.find(_q(PRESENCE_UPDATE_NS, "push"))
+    if push is None:
+        return frozenset()
+    return frozenset(
+        jid for gone in push.iter(_q(PRESENCE_UPDATE_NS, "gone")) if (jid := gone.get("jid"))
+    )
+
+
 def parse_roster_query(query: ET.Element | None) -> dict[str, Contact]:
     """The contacts in a server's roster result, keyed by JID, as the server stores them."""
     contacts: dict[str, Contact] = {}

@@ -1,9 +1,10 @@
--- mod_roster_admin_presence: presence and pending subscription requests for the roster
--- component. Part of http-roster-admin. Works unchanged on Prosody 0.12 and 13.
+-- mod_roster_admin_presence: presence, pending subscription requests and delegated clients'
+-- roster pushes for the roster component. Part of http-roster-admin. Works unchanged on
+-- Prosody 0.12 and 13.
 --
 -- The component owns every roster of this host and rewrites them through privileged roster
--- SETs (XEP-0356). Two things that come with rosters are out of its reach, so it asks this
--- module with iqs to the users' host, in the namespace below.
+-- SETs (XEP-0356). Three things that come with rosters are out of its reach or too costly
+-- that way, so it asks this module with iqs to the users' host, in the namespace below.
 --
 -- 1. Presence for contacts it added or removed. Prosody stores and pushes the item but
 -- exchanges no presence: two online users who become contacts do not see each other until
@@ -47,6 +48,27 @@
 --
 -- Both go through Prosody's roster manager, so an online user's live roster is the one read
 -- and changed: a session that logs in afterwards is not offered the cleared requests.
+
+-- 3. Roster pushes to clients whose roster requests the server delegates to the component
+-- (XEP-0355). mod_roster never saw their requests, so Prosody pushes them nothing itself;
+-- XEP-0356 would take one privileged iq per push per client, each relayed both ways (at
+-- scale, most of what a refresh of online users cost the server). The component sends a
+-- user's pushes in one request instead, and this module sends them as mod_roster sends its
+-- own: an iq set straight to each session, its result dropped.
+--
+--   <iq type='set' to='example.org' id='…'>
+--     <push xmlns='urn:http-roster-admin:presence:0' user='alice'>
+--       <session jid='alice@example.org/phone'/>
+--       <query xmlns='jabber:iq:roster' ver='…'><item jid='bob@example.org' …/></query>
+--       <query xmlns='jabber:iq:roster' ver='…'><item jid='eve@example.org'
+--         subscription='remove'/></query>
+--     </push>
+--   </iq>
+--
+-- Each listed session gets each query, in order. answer: <push xmlns='…' user='alice'> with a
+-- <gone jid='…'/> for each listed session that no longer exists (nothing is sent to it).
+-- A session of another user, or a query without exactly one item, is malformed: nothing is
+-- sent at all.
 --
 -- Only the entity allowed to write every roster of this host (privileged_entities,
 -- roster = "set" or "both") may ask: others get forbidden. A malformed request (no valid
@@ -57,12 +79,15 @@ local st = require "util.stanza";
 local nodeprep = require "util.encodings".stringprep.nodeprep;
 local rostermanager = require "core.rostermanager";
 local user_exists = require "core.usermanager".user_exists;
+local new_id = require "util.id".short;
 
 local NS = "urn:http-roster-admin:presence:0";
+local ROSTER_NS = "jabber:iq:roster";
 local ROSTER_WRITE = { set = true, both = true };
 
 local hosts = prosody.hosts;
 local bare_sessions = prosody.bare_sessions;
+local full_sessions = prosody.full_sessions;
 local core_post_stanza = prosody.core_post_stanza;
 
 -- The component checks for this at connect to know that the module is loaded.
@@ -327,5 +352,61 @@ module:hook("iq-set/host/"..NS..":pending", function(event)
 	module:log("info", "Cleared %d pending subscription request(s) to %s@%s (%d listed)%s",
 		#cleared, username, module.host, #contacts, roster and "" or "; no such user");
 	origin.send(st.reply(stanza));
+	return true;
+end);
+
+-- Roster pushes for delegated clients.
+
+-- The username, the listed sessions' full JIDs and the queries (both in document order), or
+-- nil and why the request is malformed.
+local function parse_push(push)
+	local username, err = parse_user(push);
+	if not username then return nil, err; end
+	local user = username.."@"..module.host;
+	local targets, queries = {}, {};
+	for _, child in ipairs(push.tags) do
+		if child.name == "session" and child.attr.xmlns == NS then
+			local target = child.attr.jid and jid.prep(child.attr.jid);
+			if not target or jid.bare(target) ~= user or not jid.resource(target) then
+				return nil, "not a session of "..user..": "..tostring(child.attr.jid);
+			end
+			targets[#targets + 1] = target;
+		elseif child.name == "query" and child.attr.xmlns == ROSTER_NS then
+			-- RFC 6121: a roster push carries exactly one item.
+			if #child.tags ~= 1 or child.tags[1].name ~= "item" then
+				return nil, "a pushed query must hold exactly one <item>";
+			end
+			queries[#queries + 1] = child;
+		else
+			return nil, "unexpected element <"..child.name..">";
+		end
+	end
+	return username, targets, queries;
+end
+
+module:hook("iq-set/host/"..NS..":push", function(event)
+	local origin, stanza = event.origin, event.stanza;
+	if refused(event, "roster pushes") then return true; end
+	local username, targets, queries = parse_push(stanza.tags[1]);
+	if not username then
+		malformed(event, "roster pushes", targets);
+		return true;
+	end
+	local reply = st.reply(stanza):tag("push", { xmlns = NS, user = username });
+	local reached = 0;
+	for _, target in ipairs(targets) do
+		local session = full_sessions[target];
+		if session then
+			reached = reached + 1;
+			for _, query in ipairs(queries) do
+				session.send(st.iq({ type = "set", id = new_id() }):add_child(st.clone(query)));
+			end
+		else
+			reply:tag("gone", { jid = target }):up();
+		end
+	end
+	module:log("debug", "Sent %d roster push(es) to %d of %d session(s) of %s@%s", #queries,
+		reached, #targets, username, module.host);
+	origin.send(reply);
 	return true;
 end);

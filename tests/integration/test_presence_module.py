@@ -1,6 +1,6 @@
 """deploy/prosody/mod_roster_admin_presence.lua on real Prosody 0.12 and 13: on the component's
-request, presence flows between users whose rosters it changed, and users' pending inbound
-subscription requests are listed and cleared."""
+request, presence flows between users whose rosters it changed, users' pending inbound
+subscription requests are listed and cleared, and roster pushes reach the listed clients."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 NS = "urn:http-roster-admin:presence:0"
+ROSTER = "jabber:iq:roster"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
 PASSWORD = "pw"
 USERS = ("alice", "bob", "carol")
@@ -429,3 +430,107 @@ async def test_malformed_pending_requests_are_refused_whole(site: Site) -> None:
             name
         )
     assert await site.pending_of("alice") == [EVE]
+
+
+# --- roster pushes for delegated clients ----------------------------------------------------
+
+
+def push(user: str, sessions: Iterable[str], *queries: ET.Element) -> ET.Element:
+    """The component's <push user='…'><session jid='…'/><query/>…</push>."""
+    element = ET.Element(f"{{{NS}}}push", {"user": user})
+    for session in sessions:
+        ET.SubElement(element, f"{{{NS}}}session", {"jid": session})
+    element.extend(queries)
+    return element
+
+
+def query(ver: str, *items: dict[str, str]) -> ET.Element:
+    element = ET.Element(f"{{{ROSTER}}}query", {"ver": ver})
+    for item in items:
+        ET.SubElement(element, f"{{{ROSTER}}}item", item)
+    return element
+
+
+def versions(client: TestClient) -> list[str]:
+    """The ver of each push the client received, in order."""
+    found = []
+    for received in client.pushes.items:
+        pushed = ET.fromstring(received.xml).find(f"{{{ROSTER}}}query")  # noqa: S314 -- our server's
+        found.append("" if pushed is None else pushed.get("ver", ""))
+    return found
+
+
+async def test_pushes_reach_each_listed_session_in_order(site: Site) -> None:
+    """Every listed session gets every query as a push from the server, in order; an unlisted
+    session of the same user gets none, and the answer names no session gone."""
+    phone = await site.online("alice", "phone")
+    laptop = await site.online("alice", "laptop")
+    tablet = await site.online("alice", "tablet")
+    bob, carol = site.jid("bob"), site.jid("carol")
+    request = push(
+        "alice",
+        [phone.jid, laptop.jid],
+        query("v1", {"jid": bob, "subscription": "both", "name": "Bob"}),
+        query("v2", {"jid": carol, "subscription": "remove"}),
+    )
+    answer = await site.request(request)
+    assert answer.get("type") == "result"
+    assert [gone.get("jid") for gone in answer.iter(f"{{{NS}}}gone")] == []
+    await settle(phone, laptop, tablet)
+    for client in (phone, laptop):
+        assert all(p.accepted for p in client.pushes.items)
+        assert [p.items for p in client.pushes.items] == [
+            {bob: {"name": "Bob", "groups": [], "subscription": "both"}},
+            {carol: {"name": None, "groups": [], "subscription": "remove"}},
+        ]
+        assert versions(client) == ["v1", "v2"]
+    assert not tablet.pushes.items
+
+
+async def test_sessions_that_are_gone_are_named_in_the_answer(site: Site) -> None:
+    """A listed session that does not exist is sent nothing and named, the others get theirs."""
+    phone = await site.online("alice", "phone")
+    gone = f"{site.jid('alice')}/gone"
+    request = push("alice", [gone, phone.jid], query("v1", {"jid": site.jid("bob")}))
+    answer = await site.request(request)
+    assert [g.get("jid") for g in answer.iter(f"{{{NS}}}gone")] == [gone]
+    await settle(phone)
+    assert len(phone.pushes.items) == 1
+
+
+async def test_only_the_component_may_push(site: Site) -> None:
+    """A user asking for pushes to another user's client gets forbidden; nothing is pushed."""
+    alice = await site.online("alice", "phone")
+    bob = await site.online("bob", "desk")
+    request = push("alice", [alice.jid], query("v1", {"jid": site.jid("carol")}))
+    with pytest.raises(StanzaError) as refused:
+        await bob.send_iq("set", site.server.domain, request)
+    assert (refused.value.condition, refused.value.error_type) == ("forbidden", "auth")
+    await settle(alice)
+    assert not alice.pushes.items
+
+
+async def test_malformed_push_requests_are_refused_whole(site: Site) -> None:
+    """Another user's session, a query of two items or none, an unknown element: bad-request,
+    and none of the request's pushes is sent."""
+    alice = await site.online("alice", "phone")
+    bob = await site.online("bob", "desk")
+    carol = {"jid": site.jid("carol")}
+    good = query("v1", carol)
+    requests = {
+        "another user's session": push("alice", [alice.jid, bob.jid], good),
+        "a bare JID": push("alice", [site.jid("alice")], good),
+        "two items": push("alice", [alice.jid], query("v1", carol, {"jid": site.jid("bob")})),
+        "no item": push("alice", [alice.jid], query("v1")),
+        "unknown element": push("alice", [alice.jid], good, ET.Element(f"{{{NS}}}blocked")),
+        "no user": push("", [alice.jid], good),
+    }
+    for name, request in requests.items():
+        with pytest.raises(StanzaError) as refused:
+            await site.request(request)
+        assert (refused.value.condition, refused.value.error_type) == ("bad-request", "modify"), (
+            name
+        )
+    await settle(alice, bob)
+    assert not alice.pushes.items
+    assert not bob.pushes.items

@@ -52,6 +52,9 @@ class FakeLink:
         self.sent: list[tuple[str, str, ET.Element]] = []
         self.refuse: dict[str, str] = {}  # inner 'to' -> condition to answer with
         self.gate: asyncio.Event | None = None
+        # The shipped module's pushes: None answers as a server without it does.
+        self.gone: set[str] | None = set()
+        self.unsupported = 0  # push requests answered so (not in sent)
 
     def handle(self, name: str, path: str, callback: Callable[[Any], None]) -> None:
         del path
@@ -70,6 +73,17 @@ class FakeLink:
     async def send_iq(self, to: str, iq_type: str, payload: ET.Element) -> ET.Element:
         if self.gate is not None:
             await self.gate.wait()
+        if payload.tag == f"{{{stanzas.PRESENCE_UPDATE_NS}}}push":
+            if self.gone is None:
+                self.unsupported += 1
+                raise IqRefusedError("no module", "service-unavailable")
+            self.sent.append((to, iq_type, payload))
+            answer = ET.Element("iq", {"type": "result"})
+            push = ET.SubElement(answer, payload.tag, {"user": payload.get("user", "")})
+            for session in payload.iter(f"{{{stanzas.PRESENCE_UPDATE_NS}}}session"):
+                if session.get("jid") in self.gone:
+                    ET.SubElement(push, f"{{{stanzas.PRESENCE_UPDATE_NS}}}gone", session.attrib)
+            return answer
         self.sent.append((to, iq_type, payload))
         inner = payload.find(f"{{{stanzas.CLIENT_NS}}}iq")
         target = "" if inner is None else inner.get("to", "")
@@ -298,20 +312,37 @@ def fixture_pusher(link: FakeLink, grants: Grants, online: OnlineUsers) -> Roste
 
 
 def pushed(link: FakeLink) -> list[tuple[str, str]]:
-    """(client, contact JID or "-jid" for a removal) for each push sent, in order."""
+    """(client, contact JID or "-jid" for a removal) for each push sent, in order, whether
+    through the module (a request per batch) or as privileged IQs (one per push)."""
+    module_ns = stanzas.PRESENCE_UPDATE_NS
     result = []
-    for _, _, wrapper in link.sent:
-        inner = wrapper[0]
-        item = inner[0][0]
-        mark = "-" if item.get("subscription") == "remove" else ""
-        result.append((inner.get("to", ""), mark + item.get("jid", "")))
+    for _, _, payload in link.sent:
+        if payload.tag == f"{{{module_ns}}}push":
+            clients = [s.get("jid", "") for s in payload.iter(f"{{{module_ns}}}session")]
+            queries = payload.findall(f"{{{stanzas.ROSTER_NS}}}query")
+            result += [(client, _mark(query[0])) for client in clients for query in queries]
+        else:
+            inner = payload[0]
+            result.append((inner.get("to", ""), _mark(inner[0][0])))
     return result
 
 
+def _mark(item: ET.Element) -> str:
+    return ("-" if item.get("subscription") == "remove" else "") + item.get("jid", "")
+
+
+def pushed_queries(link: FakeLink) -> list[ET.Element]:
+    """Every pushed roster query, in order (each once, however many clients it went to)."""
+    return [q for _, _, p in link.sent for q in p.iter(f"{{{stanzas.ROSTER_NS}}}query")]
+
+
+@pytest.mark.parametrize("module", [True, False], ids=["module", "privileged"])
 async def test_pushes_reach_every_client_in_order(
-    link: FakeLink, online: OnlineUsers, pusher: RosterPusher
+    link: FakeLink, online: OnlineUsers, pusher: RosterPusher, module: bool
 ) -> None:
     """Each resource gets every change; a later change never overtakes an earlier one."""
+    if not module:
+        link.gone = None
     link.handlers["user presence"](presence(f"{ALICE}/a"))
     link.handlers["user presence"](presence(f"{ALICE}/b"))
     link.gate = asyncio.Event()
@@ -321,8 +352,40 @@ async def test_pushes_reach_every_client_in_order(
     await pusher.wait_idle()
     for resource in (f"{ALICE}/a", f"{ALICE}/b"):
         assert [j for to, j in pushed(link) if to == resource] == ["bob@x", "-carol@x", "bob@x"]
-    names = [w[0][0][0].get("name") for _, _, w in link.sent if w[0].get("to") == f"{ALICE}/a"]
-    assert names == ["Bob", None, "Robert"]
+    names = [q[0].get("name") for q in pushed_queries(link) if q[0].get("subscription") != "remove"]
+    assert names[0] == "Bob"
+    assert names[-1] == "Robert"
+
+
+async def test_the_module_sends_a_users_pushes_for_one_request(
+    link: FakeLink, online: OnlineUsers, pusher: RosterPusher
+) -> None:
+    """Two clients, three changes: one request to the users' host, not six privileged IQs."""
+    link.handlers["user presence"](presence(f"{ALICE}/a"))
+    link.handlers["user presence"](presence(f"{ALICE}/b"))
+    pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ("carol@x", "dave@x")), "v9")
+    await pusher.wait_idle()
+    assert [(to, kind) for to, kind, _ in link.sent] == [(DOMAIN, "set")]
+    assert link.sent[0][2].get("user") == "alice"
+    assert len(pushed(link)) == 6
+
+
+async def test_without_the_module_pushes_go_one_by_one_until_the_grants_come_again(
+    link: FakeLink, online: OnlineUsers, pusher: RosterPusher
+) -> None:
+    """A server without the module is asked once; after new grants (a reconnect) again."""
+    link.gone = None
+    link.handlers["user presence"](presence(f"{ALICE}/a"))
+    for _ in range(2):
+        pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ()), "v9")
+        await pusher.wait_idle()
+    assert link.unsupported == 1
+    assert [to for to, _ in pushed(link)] == [f"{ALICE}/a", f"{ALICE}/a"]
+    link.gone = set()
+    link.handlers["advertisements"](message(DOMAIN, PRIVILEGES + DELEGATION))
+    pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ()), "v9")
+    await pusher.wait_idle()
+    assert link.sent[-1][2].tag.endswith("}push")
 
 
 async def test_no_pushes_without_delegation(
@@ -336,12 +399,17 @@ async def test_no_pushes_without_delegation(
     assert link.sent == []
 
 
+@pytest.mark.parametrize("module", [True, False], ids=["module", "privileged"])
 async def test_a_client_that_is_gone_gets_no_more_pushes(
-    link: FakeLink, online: OnlineUsers, pusher: RosterPusher
+    link: FakeLink, online: OnlineUsers, pusher: RosterPusher, module: bool
 ) -> None:
     """A session the server says is gone is forgotten, so later changes are not sent to it."""
     link.handlers["user presence"](presence(f"{ALICE}/gone"))
-    link.refuse[f"{ALICE}/gone"] = "service-unavailable"
+    if module:
+        link.gone = {f"{ALICE}/gone"}
+    else:
+        link.gone = None
+        link.refuse[f"{ALICE}/gone"] = "service-unavailable"
     pusher.push(ALICE, RosterDiff((Contact("bob@x"), Contact("carol@x")), ()), "v9")
     await pusher.wait_idle()
     assert len(link.sent) == 1
@@ -374,6 +442,6 @@ async def test_the_last_push_carries_the_new_version(
     link.handlers["user presence"](presence(f"{ALICE}/a"))
     pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ("carol@x", "dave@x")), "v9")
     await pusher.wait_idle()
-    versions = [wrapper[0][0].get("ver") for _, _, wrapper in link.sent]
+    versions = [query.get("ver") for query in pushed_queries(link)]
     assert versions[-1] == "v9"
     assert len(set(versions)) == 3
