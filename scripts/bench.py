@@ -790,9 +790,8 @@ class Run:
                 self.figures["rss.peak"] = peak["VmHWM"]
             self.record("run", first, await self.snapshot(), 1)
             wall = time.monotonic() - began
-            self.figures["run.others_share"] = max(0.0, self.figures["run.cpu_others"]) / (
-                wall * (os.cpu_count() or 1)
-            )
+            others = self.figures["run.cpu_others"] - self.figures.get("raw_initial.cpu_total", 0)
+            self.figures["run.others_share"] = max(0.0, others) / (wall * (os.cpu_count() or 1))
             if self.bulk and windows and self.probe is not None:
                 await self.measure_probe_end()
         return self.figures
@@ -843,6 +842,8 @@ class Run:
             cpu = cpu_seconds(target.pid, tree=True)
             seconds = await target.write(self.probe[1], writes)
             used = cpu_seconds(target.pid, tree=True) - cpu
+            # Its whole life, which the run's "other processes" must not count as noise.
+            self.figures["raw_initial.cpu_total"] = cpu_seconds(target.pid, tree=True)
         finally:
             await target.stop()
         self.figures["raw_initial.items_per_s"] = len(writes) / seconds
