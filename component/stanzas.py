@@ -108,11 +108,16 @@ def pending_request(username: str, jids: Iterable[str] = ()) -> ET.Element:
 
 def parse_pending(result: ET.Element) -> frozenset[str]:
     """The JIDs in the answer to a pending_request GET."""
-    pending = result.find(_q(PRESENCE_UPDATE_NS, "pending"))
-    if pending is None:
+    return _module_jids(result, "pending", "item")
+
+
+def _module_jids(result: ET.Element, answer: str, child: str) -> frozenset[str]:
+    """The ``jid`` of each ``child`` in the module's ``answer`` element of ``result``."""
+    found = result.find(_q(PRESENCE_UPDATE_NS, answer))
+    if found is None:
         return frozenset()
     return frozenset(
-        jid for item in pending.iter(_q(PRESENCE_UPDATE_NS, "item")) if (jid := item.get("jid"))
+        jid for item in found.iter(_q(PRESENCE_UPDATE_NS, child)) if (jid := item.get("jid"))
     )
 
 
@@ -131,12 +136,7 @@ def push_request(
 
 def parse_push_result(result: ET.Element) -> frozenset[str]:
     """The sessions the module found gone, from its answer to a push_request."""
-    push = result.find(_q(PRESENCE_UPDATE_NS, "push"))
-    if push is None:
-        return frozenset()
-    return frozenset(
-        jid for gone in push.iter(_q(PRESENCE_UPDATE_NS, "gone")) if (jid := gone.get("jid"))
-    )
+    return _module_jids(result, "push", "gone")
 
 
 def parse_roster_query(query: ET.Element | None) -> dict[str, Contact]:
