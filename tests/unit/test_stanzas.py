@@ -170,6 +170,28 @@ def test_privileged_iq_wraps_a_client_iq_from_the_user() -> None:
     assert inner[0].tag == f"{ROSTER}query"
 
 
+def test_push_request_lists_the_sessions_then_the_pushes_in_order() -> None:
+    """The module's push request: the user, each client, then each one-item query as given."""
+    queries = [
+        stanzas.roster_query({"bob@x": Contact("bob@x")}, "v1"),
+        stanzas.roster_removal("c@x", "v2"),
+    ]
+    request = stanzas.push_request("alice", ["alice@x/a", "alice@x/b"], queries)
+    ns = stanzas.PRESENCE_UPDATE_NS
+    assert (request.tag, request.get("user")) == (f"{{{ns}}}push", "alice")
+    assert [s.get("jid") for s in request.findall(f"{{{ns}}}session")] == ["alice@x/a", "alice@x/b"]
+    assert [q.get("ver") for q in request.findall(f"{{{stanzas.ROSTER_NS}}}query")] == ["v1", "v2"]
+
+
+def test_push_result_names_the_sessions_gone() -> None:
+    ns = stanzas.PRESENCE_UPDATE_NS
+    result = xml(
+        f"<iq type='result'><push xmlns='{ns}' user='alice'><gone jid='alice@x/a'/></push></iq>"
+    )
+    assert stanzas.parse_push_result(result) == {"alice@x/a"}
+    assert stanzas.parse_push_result(xml("<iq type='result'/>")) == frozenset()
+
+
 def test_delegation_advertisement_lists_namespaces() -> None:
     """The namespaces the server delegates to us are read from its message."""
     message = xml(
