@@ -534,3 +534,16 @@ async def test_malformed_push_requests_are_refused_whole(site: Site) -> None:
     await settle(alice, bob)
     assert not alice.pushes.items
     assert not bob.pushes.items
+
+
+async def test_the_components_stream_is_read_wider_from_its_first_iq(site: Site) -> None:
+    """Prosody reads 4 KB of a connection per turn; the component's, once it has sent an iq to
+    the host, up to 1 MiB: it carries every user's answers (and only the component's does)."""
+    widened = f"Reading up to {1024 * 1024} bytes per turn of the stream of"
+    alice = await site.online("alice", "phone")
+    with pytest.raises(StanzaError):  # forbidden: not the component
+        await alice.send_iq("get", site.server.domain, pending("alice"))
+    assert widened not in site.server.log_text()
+    await site.pending_of("alice")
+    await site.pending_of("bob")
+    assert site.server.log_text().count(f"{widened} {site.server.component_jid}") == 1
