@@ -80,7 +80,7 @@ class Application:
             expected=config.server.delegates,
         )
         self.pusher = RosterPusher(self.link, self.grants, self.online, self.delegation)
-        self.store = _roster_store(config, self.link, self.grants, self.readiness)
+        self.store = _roster_store(config, self.link, self.grants, self.readiness, self.online)
         self.syncer = Syncer(
             self.webapp,
             self.store,
@@ -273,13 +273,15 @@ class Application:
 
 
 def _roster_store(
-    config: Config, link: ComponentLink, grants: Grants, readiness: Readiness
+    config: Config, link: ComponentLink, grants: Grants, readiness: Readiness, online: OnlineUsers
 ) -> RosterStore:
     """The mechanism that writes rosters into this kind of server."""
     server = config.server
     match server.kind:
         case "prosody":
-            return PrivilegedRosterStore(link, grants, config.component.jid)
+            return PrivilegedRosterStore(
+                link, grants, config.component.jid, online=lambda user: bool(online.resources(user))
+            )
         case "ejabberd":
             return AdminApiRosterStore(
                 server.api_url,

@@ -24,7 +24,7 @@ from component.errors import (
 from component.roster import StoredRoster
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from xml.etree import ElementTree as ET
 
     from component.roster import Contact
@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 IqType = Literal["get", "set"]
 # The server refused one item (e.g. a JID it will not store) but would take the others.
 _ITEM_REFUSALS = frozenset({"not-allowed", "bad-request", "jid-malformed", "not-acceptable"})
+# Presence privileges under which the server sends us every user's presence (XEP-0356).
+_PRESENCE_OF_ALL = frozenset({"managed_entity", "roster"})
 # What a server answers for a request no module of it handles (on a user's JID: no user).
 _NOT_SUPPORTED = frozenset({"service-unavailable", "feature-not-implemented"})
 
@@ -60,10 +62,19 @@ class PrivilegedRosterStore:
     no IQ tracker can pair up.
     """
 
-    def __init__(self, sender: IqSender, grants: Granted, component_jid: str) -> None:
+    def __init__(
+        self,
+        sender: IqSender,
+        grants: Granted,
+        component_jid: str,
+        *,
+        online: Callable[[str], bool] | None = None,
+    ) -> None:
         self._sender = sender
         self._grants = grants
         self._component_jid = component_jid
+        # Whether a user (bare JID) has a session, as the server's presence tells us.
+        self._online = online
         # Said once, not at every sync, until the module answers again.
         self._module_missing = False
 
@@ -116,8 +127,20 @@ class PrivilegedRosterStore:
 
     async def announce(self, user: str, added: Sequence[str], removed: Sequence[str]) -> None:
         # XEP-0356 cannot send presence for users: the shipped module does, asked by an IQ.
+        if self._known_offline(user):
+            # The module would send nothing either (an initial sync's users mostly): the
+            # request alone cost the server as much as a write per user.
+            return
         username, _, domain = user.partition("@")
         await self._iq(domain, "set", stanzas.presence_update(username, added, removed))
+
+    def _known_offline(self, user: str) -> bool:
+        """No session of the user is available, as far as the server's presence tells us: it
+        sends every user's (the presence privilege), and the presence of one who has just
+        logged in ahead of the answers to our writes, as the stream is in order."""
+        if self._online is None or self._grants.privileges.presence not in _PRESENCE_OF_ALL:
+            return False
+        return not self._online(user)
 
     async def _read_pending(self, user: str) -> frozenset[str]:
         # Pending inbound requests are in no roster query: the shipped module reports them.

@@ -165,6 +165,34 @@ async def test_announce_asks_the_users_host_for_presence(
 
 
 @pytest.mark.parametrize(
+    ("presence", "online", "asked"),
+    [
+        ("roster", False, False),
+        ("managed_entity", False, False),
+        ("roster", True, True),
+        # Without the presence privilege we do not know who is online: always ask.
+        ("none", False, True),
+    ],
+)
+async def test_announce_skips_users_known_to_be_offline(
+    sender: RecordingSender, grants: FakeGrants, presence: str, online: bool, asked: bool
+) -> None:
+    """The module sends nothing for a user without sessions: we do not ask it then, as long
+    as the server tells us every user's presence."""
+    grants.privileges = stanzas.Privileges(roster="both", presence=presence)
+    seen: list[str] = []
+
+    def is_online(user: str) -> bool:
+        seen.append(user)
+        return online
+
+    store = PrivilegedRosterStore(sender, grants, "roster.example.test", online=is_online)
+    await store.announce(ALICE, ["bob@example.test"], [])
+    assert bool(sender.sent) is asked
+    assert seen in ([ALICE], [])
+
+
+@pytest.mark.parametrize(
     ("error", "kind"),
     [
         (IqRefusedError("x", "not-allowed"), ItemRefusedError),
