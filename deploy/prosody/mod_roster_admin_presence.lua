@@ -1,10 +1,10 @@
--- mod_roster_admin_presence: presence, pending subscription requests and delegated clients'
--- roster pushes for the roster component. Part of http-roster-admin. Works unchanged on
--- Prosody 0.12 and 13.
+-- mod_roster_admin_presence: presence, pending subscription requests, delegated clients'
+-- roster pushes and whole-user roster writes for the roster component. Part of
+-- http-roster-admin. Works unchanged on Prosody 0.12 and 13.
 --
 -- The component owns every roster of this host and rewrites them through privileged roster
--- SETs (XEP-0356). Three things that come with rosters are out of its reach or too costly
--- that way, so it asks this module with iqs to the users' host, in the namespace below.
+-- SETs (XEP-0356). What comes with rosters and is out of its reach or too costly that way,
+-- it asks this module for with iqs to the users' host, in the namespace below.
 --
 -- 1. Presence for contacts it added or removed. Prosody stores and pushes the item but
 -- exchanges no presence: two online users who become contacts do not see each other until
@@ -81,6 +81,28 @@
 -- long as when Prosody answers from its own store. From the first iq the component sends to
 -- this host or its users, up to roster_admin_component_read_size bytes (default 1 MiB) of
 -- its stream are read per turn; the component bounds what it has in flight itself.
+--
+-- 5. A user's roster items written in one request, and saved once. A privileged roster SET
+-- (XEP-0356) carries one item, and Prosody loads and saves the user's whole roster for each:
+-- an initial sync of 20 contacts saved the file 20 times (measured: 663 items/s against
+-- 20,000 items/s this way; a change of 2 items per user 2.6 times the server's CPU).
+--
+--   <iq type='set' to='example.org' id='…'>
+--     <write xmlns='urn:http-roster-admin:presence:0' user='alice'>
+--       <query xmlns='jabber:iq:roster'>
+--         <item jid='bob@example.org' name='Bob' subscription='both'><group>Friends</group></item>
+--         <item jid='carol@example.org' subscription='remove'/>
+--       </query>
+--     </write>
+--   </iq>
+--
+-- Each item becomes exactly what it says (no pending "ask" stays); subscription='remove'
+-- removes it. The answer, once the roster is saved: <write xmlns='…' user='alice'/> with a
+-- <refused jid='…'>why</refused> for each item not written (not a bare JID, the user's own,
+-- an unknown subscription); the others are. A user without an account: item-not-found,
+-- nothing stored. A save that fails: internal-server-error, nothing changed. Sessions that
+-- asked Prosody for their roster get a push per item, each with its own roster version, as
+-- after that many SETs.
 
 local jid = require "util.jid";
 local st = require "util.stanza";
@@ -434,6 +456,121 @@ module:hook("iq-set/host/"..NS..":push", function(event)
 	end
 	module:log("debug", "Sent %d roster push(es) to %d of %d session(s) of %s@%s", #queries,
 		reached, #targets, username, module.host);
+	origin.send(reply);
+	return true;
+end);
+
+-- Roster writes: a user's changed items in one request.
+
+local SUBSCRIPTIONS = { none = true, to = true, from = true, both = true };
+
+-- The username and the query's items in document order, each { contact, item } (item nil
+-- for a removal) or { refused = JID as sent, why }, or nil and why the request is malformed.
+local function parse_write(write)
+	local username, err = parse_user(write);
+	if not username then return nil, err; end
+	local user = username.."@"..module.host;
+	local query = write.tags[1];
+	if #write.tags ~= 1 or query.name ~= "query" or query.attr.xmlns ~= ROSTER_NS then
+		return nil, "expected exactly one <query xmlns='"..ROSTER_NS.."'>";
+	end
+	local changes = {};
+	for _, child in ipairs(query.tags) do
+		if child.name ~= "item" or child.attr.xmlns ~= ROSTER_NS then
+			return nil, "unexpected element <"..child.name..">";
+		end
+		local contact = child.attr.jid and jid.prep(child.attr.jid);
+		local subscription = child.attr.subscription;
+		local why;
+		if not contact or jid.resource(contact) then
+			why = "not a bare JID";
+		elseif contact == user then
+			why = "the user's own JID";
+		elseif subscription ~= "remove" and not SUBSCRIPTIONS[subscription] then
+			why = "subscription "..tostring(subscription);
+		end
+		if why then
+			changes[#changes + 1] = { refused = tostring(child.attr.jid), why = why };
+		elseif subscription == "remove" then
+			changes[#changes + 1] = { contact = contact };
+		else
+			local groups = {};
+			for group in child:childtags("group", ROSTER_NS) do
+				local name = group:get_text();
+				if name ~= "" then groups[name] = true; end
+			end
+			-- Exactly as the component says: no pending outgoing request ("ask") stays.
+			changes[#changes + 1] = { contact = contact, item = {
+				subscription = subscription, name = child.attr.name, groups = groups } };
+		end
+	end
+	return username, changes;
+end
+
+-- The interested sessions (those that asked Prosody for the roster) get one push per item,
+-- each with the version of the roster after it, as if each had been saved on its own.
+local function push_each(username, roster, contacts, first_version)
+	local metadata = roster[false];
+	local saved_version = metadata.version;
+	for k, contact in ipairs(contacts) do
+		if first_version then metadata.version = first_version + k - 1; end
+		rostermanager.roster_push(username, module.host, contact);
+	end
+	metadata.version = saved_version;
+end
+
+module:hook("iq-set/host/"..NS..":write", function(event)
+	local origin, stanza = event.origin, event.stanza;
+	if refused(event, "a roster write") then return true; end
+	local username, changes = parse_write(stanza.tags[1]);
+	if not username then
+		malformed(event, "roster write", changes);
+		return true;
+	end
+	local roster, load_err = roster_of(username);
+	if load_err then return cannot_read(event, username, load_err); end
+	if not roster then
+		origin.send(st.error_reply(stanza, "cancel", "item-not-found", "No such user"));
+		return true;
+	end
+	local reply = st.reply(stanza):tag("write", { xmlns = NS, user = username });
+	local before, contacts = {}, {}; -- each changed contact's item before (false: none)
+	local refusals = 0;
+	for _, change in ipairs(changes) do
+		if change.refused then
+			refusals = refusals + 1;
+			reply:tag("refused", { jid = change.refused }):text(change.why):up();
+		else
+			local contact = change.contact;
+			if before[contact] == nil then
+				before[contact] = roster[contact] or false;
+				contacts[#contacts + 1] = contact;
+			end
+			roster[contact] = change.item;
+		end
+	end
+	if #contacts > 0 then
+		local metadata = roster[false];
+		local version = metadata.version;
+		local first_version;
+		if version ~= true then
+			-- save_roster counts one; each item counts one, as a SET of its own would.
+			first_version = (tonumber(version) or 0) + 1;
+			metadata.version = first_version + #contacts - 2;
+		end
+		local saved, save_err = rostermanager.save_roster(username, module.host, roster);
+		if not saved then
+			for contact, item in pairs(before) do roster[contact] = item or nil; end
+			metadata.version = version;
+			module:log("error", "Cannot save the roster of %s@%s: %s", username, module.host,
+				tostring(save_err));
+			origin.send(st.error_reply(stanza, "wait", "internal-server-error"));
+			return true;
+		end
+		push_each(username, roster, contacts, first_version);
+	end
+	module:log("debug", "Wrote %d item(s) of %s@%s in one save, refused %d", #contacts,
+		username, module.host, refusals);
 	origin.send(reply);
 	return true;
 end);

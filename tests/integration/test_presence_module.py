@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 import pytest
 
+from tests.harness.prosody import StoredItem
 from tests.harness.xmpp_client import (
     StanzaError,
     connected_client,
@@ -547,3 +548,158 @@ async def test_the_components_stream_is_read_wider_from_its_first_iq(site: Site)
     await site.pending_of("alice")
     await site.pending_of("bob")
     assert site.server.log_text().count(f"{widened} {site.server.component_jid}") == 1
+
+
+# --- roster writes ----------------------------------------------------------------------------
+
+
+def write(
+    user: str, *items: dict[str, str], groups: dict[str, list[str]] | None = None
+) -> ET.Element:
+    """The component's <write user='…'><query xmlns='jabber:iq:roster'><item/>…</query></write>;
+    ``groups`` maps an item's JID to its <group> texts."""
+    element = ET.Element(f"{{{NS}}}write", {"user": user})
+    roster = ET.SubElement(element, f"{{{ROSTER}}}query")
+    for item in items:
+        child = ET.SubElement(roster, f"{{{ROSTER}}}item", item)
+        for group in (groups or {}).get(item.get("jid", ""), []):
+            ET.SubElement(child, f"{{{ROSTER}}}group").text = group
+    return element
+
+
+def refusals(answer: ET.Element) -> dict[str, str]:
+    [written] = answer
+    assert written.tag == f"{{{NS}}}write"
+    return {r.get("jid", ""): r.text or "" for r in written.iter(f"{{{NS}}}refused")}
+
+
+async def test_a_users_items_are_written_in_one_save(site: Site) -> None:
+    """Items set and removed by one request are stored exactly as sent, in one save."""
+    bob, carol, dave = site.jid("bob"), site.jid("carol"), site.jid("dave")
+    first = write(
+        "alice",
+        {"jid": bob, "name": "Bob", "subscription": "both"},
+        {"jid": carol, "subscription": "from"},
+        groups={bob: ["Friends", "Work"]},
+    )
+    assert refusals(await site.request(first)) == {}
+    second = write(
+        "alice", {"jid": carol, "subscription": "remove"}, {"jid": dave, "subscription": "both"}
+    )
+    assert refusals(await site.request(second)) == {}
+
+    stored = (await site.server.stored_items(["alice"]))["alice"]
+    assert stored == {
+        bob: StoredItem("Bob", frozenset({"Friends", "Work"}), "both"),
+        dave: StoredItem(None, frozenset(), "both"),
+    }
+    assert "Wrote 2 item(s) of alice@example.test in one save, refused 0" in site.server.log_text()
+
+
+async def test_a_written_item_keeps_no_pending_ask(site: Site) -> None:
+    """An item with a pending outgoing request becomes exactly what the component wrote."""
+    bob = site.jid("bob")
+    await site.server.shell(
+        'local rm = require "core.rostermanager"; '
+        f'assert(rm.set_contact_pending_out("alice", "{site.server.domain}", "{bob}"))'
+    )
+    assert (await site.server.stored_roster("alice")).asking == {bob}
+
+    await site.request(write("alice", {"jid": bob, "subscription": "both"}))
+
+    stored = await site.server.stored_roster("alice")
+    assert (stored.subscriptions, stored.asking) == ({bob: "both"}, frozenset())
+
+
+async def test_bad_items_are_refused_and_the_others_written(site: Site) -> None:
+    """Not a bare JID, the user's own JID, an unknown subscription: each named with why; the
+    good item is stored."""
+    bob = site.jid("bob")
+    request = write(
+        "alice",
+        {"jid": "a@b@c", "subscription": "both"},
+        {"jid": f"{bob}/phone", "subscription": "both"},
+        {"jid": site.jid("alice"), "subscription": "both"},
+        {"jid": site.jid("carol"), "subscription": "friends"},
+        {"jid": bob, "subscription": "both"},
+    )
+    assert refusals(await site.request(request)) == {
+        "a@b@c": "not a bare JID",
+        f"{bob}/phone": "not a bare JID",
+        site.jid("alice"): "the user's own JID",
+        site.jid("carol"): "subscription friends",
+    }
+    assert (await site.server.stored_roster("alice")).subscriptions == {bob: "both"}
+
+
+async def test_writing_for_a_user_without_account_stores_nothing(site: Site) -> None:
+    """item-not-found, and no roster file appears for the name."""
+    with pytest.raises(StanzaError) as refused:
+        await site.request(write("nobody", {"jid": site.jid("bob"), "subscription": "both"}))
+    assert refused.value.condition == "item-not-found"
+    assert (await site.server.stored_roster("nobody")).subscriptions == {}
+
+
+async def test_only_the_component_may_write(site: Site) -> None:
+    """A user writing another user's roster gets forbidden; nothing is stored."""
+    bob = await site.online("bob", "desk")
+    with pytest.raises(StanzaError) as refused:
+        await bob.send_iq(
+            "set", site.server.domain, write("alice", {"jid": bob.bare, "subscription": "both"})
+        )
+    assert (refused.value.condition, refused.value.error_type) == ("forbidden", "auth")
+    assert (await site.server.stored_roster("alice")).subscriptions == {}
+
+
+async def test_malformed_writes_are_refused_whole(site: Site) -> None:
+    """No user, no query, two queries, an unknown element: bad-request, nothing stored."""
+    good = {"jid": site.jid("bob"), "subscription": "both"}
+    no_query = ET.Element(f"{{{NS}}}write", {"user": "alice"})
+    two_queries = write("alice", good)
+    two_queries.append(write("alice", good)[0])
+    unknown = write("alice", good)
+    ET.SubElement(unknown[0], f"{{{NS}}}item", good)
+    requests = {
+        "no user": write("", good),
+        "no query": no_query,
+        "two queries": two_queries,
+        "an item of another namespace": unknown,
+    }
+    for name, request in requests.items():
+        with pytest.raises(StanzaError) as refused:
+            await site.request(request)
+        assert (refused.value.condition, refused.value.error_type) == ("bad-request", "modify"), (
+            name
+        )
+    assert (await site.server.stored_roster("alice")).subscriptions == {}
+
+
+async def test_sessions_that_asked_for_the_roster_get_a_push_per_item_each_versioned(
+    site: Site,
+) -> None:
+    """As after one SET per item: a push for each, in order, versions one apart; the live roster
+    answers the next roster GET."""
+    phone = await site.online("alice", "phone")
+    await phone.get_roster()  # now Prosody pushes to it
+    quiet = await site.online("alice", "quiet")  # never asked: gets no push
+    bob, carol = site.jid("bob"), site.jid("carol")
+    await site.request(write("alice", {"jid": carol, "subscription": "both"}))
+    await settle(phone)
+    phone.pushes.clear()
+
+    request = write(
+        "alice",
+        {"jid": bob, "name": "Bob", "subscription": "both"},
+        {"jid": carol, "subscription": "remove"},
+    )
+    await site.request(request)
+    await settle(phone, quiet)
+
+    assert [p.items for p in phone.pushes.items] == [
+        {bob: {"name": "Bob", "groups": [], "subscription": "both"}},
+        {carol: {"name": None, "groups": [], "subscription": "remove"}},
+    ]
+    first, second = (int(v) for v in versions(phone))
+    assert second == first + 1
+    assert not quiet.pushes.items
+    assert set(await phone.get_roster()) == {bob}
