@@ -77,7 +77,7 @@ def size_bound(element: ET.Element) -> int:
 def roster_removal(jid: str, ver: str | None = None) -> ET.Element:
     """A roster query removing ``jid`` (a push carries the version it leads to)."""
     query = ET.Element(_q(ROSTER_NS, "query"), {} if ver is None else {"ver": ver})
-    ET.SubElement(query, _q(ROSTER_NS, "item"), {"jid": jid, "subscription": "remove"})
+    query.append(removal_item(jid))
     return query
 
 
@@ -137,6 +137,33 @@ def push_request(
 def parse_push_result(result: ET.Element) -> frozenset[str]:
     """The sessions the module found gone, from its answer to a push_request."""
     return _module_jids(result, "push", "gone")
+
+
+def roster_write(username: str, items: Iterable[ET.Element]) -> ET.Element:
+    """Ask the shipped module to write a user's roster ``items`` (``roster_item`` elements, or
+    removals) and save the roster once: a privileged SET carries one item, and Prosody saves
+    the user's whole roster for each."""
+    write = ET.Element(_q(PRESENCE_UPDATE_NS, "write"), {"user": username})
+    ET.SubElement(write, _q(ROSTER_NS, "query")).extend(items)
+    return write
+
+
+def removal_item(jid: str) -> ET.Element:
+    """The ``<item/>`` that removes ``jid`` from a roster."""
+    return ET.Element(_q(ROSTER_NS, "item"), {"jid": jid, "subscription": "remove"})
+
+
+def parse_write_result(result: ET.Element) -> dict[str, str]:
+    """The items the module would not write, from its answer to a roster_write: JID as sent
+    -> why."""
+    found = result.find(_q(PRESENCE_UPDATE_NS, "write"))
+    if found is None:
+        return {}
+    return {
+        jid: refused.text or "refused"
+        for refused in found.iter(_q(PRESENCE_UPDATE_NS, "refused"))
+        if (jid := refused.get("jid"))
+    }
 
 
 def parse_roster_query(query: ET.Element | None) -> dict[str, Contact]:

@@ -1,13 +1,17 @@
-"""Rosters through XEP-0356 privileged roster IQs (Prosody).
+"""Rosters through XEP-0356 privileged roster IQs (Prosody) and the shipped module.
 
-Roster IQs go from our domain to the user's bare JID. What a roster query does not cover
-(pending inbound requests, presence for changed contacts) goes to the shipped Prosody module,
-mod_roster_admin_presence, as IQs to the users' host.
+Roster reads go from our domain to the user's bare JID. Writes go to the shipped Prosody
+module, mod_roster_admin_presence, as IQs to the users' host: the items of one user written
+in the same turn of the loop travel together and are saved once (a privileged SET carries one
+item, and Prosody saves the whole roster for each). Without that module, one privileged SET
+per item. What a roster query does not cover (pending inbound requests, presence for changed
+contacts) goes to the module too.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import structlog
@@ -54,6 +58,22 @@ class Granted(Protocol):
     privileges: stanzas.Privileges
     privileges_known: bool
 
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the server advertises its grants anew."""
+        ...
+
+
+@dataclass
+class _Batch:
+    """One user's items to write in one request to the module: JID -> its item (removals
+    included), and the answer every writer waits for: the refused JIDs, or None when the
+    server has no module to take them."""
+
+    items: dict[str, ET.Element] = field(default_factory=dict)
+    answer: asyncio.Future[dict[str, str] | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
 
 class PrivilegedRosterStore:
     """XEP-0356 roster access, one item per IQ.
@@ -77,6 +97,12 @@ class PrivilegedRosterStore:
         self._online = online
         # Said once, not at every sync, until the module answers again.
         self._module_missing = False
+        # Until the server says it has no module to take them (then again once it has
+        # advertised its grants anew: after a reconnect, maybe to an updated server).
+        self._module_writes = True
+        self._batches: dict[str, _Batch] = {}  # user -> items gathered in this turn
+        self._senders: set[asyncio.Task[None]] = set()
+        grants.on_change(self._retry_module)
 
     def problem(self) -> str | None:
         if not self._grants.privileges_known:
@@ -103,6 +129,12 @@ class PrivilegedRosterStore:
         return StoredRoster(contacts, pending)
 
     async def write(self, user: str, contact: Contact) -> None:
+        if self._module_writes:
+            refused = await self._batched(user, contact.jid, stanzas.roster_item(contact))
+            if refused is not None:
+                if contact.jid in refused:
+                    raise ItemRefusedError(f"{contact.jid}: {refused[contact.jid]}")
+                return
         try:
             await self._sender.send_iq(user, "set", stanzas.roster_query({contact.jid: contact}))
         except IqRefusedError as exc:
@@ -113,6 +145,12 @@ class PrivilegedRosterStore:
             raise StoreUnavailableError(str(exc)) from None
 
     async def remove(self, user: str, jid: str) -> None:
+        if self._module_writes:
+            refused = await self._batched(user, jid, stanzas.removal_item(jid))
+            if refused is not None:
+                if jid in refused:
+                    raise StoreError(f"the server would not remove {jid}: {refused[jid]}")
+                return
         try:
             await self._sender.send_iq(user, "set", stanzas.roster_removal(jid))
         except IqRefusedError as exc:
@@ -120,6 +158,57 @@ class PrivilegedRosterStore:
                 raise _store_error(user, exc) from None
         except IqUnansweredError as exc:
             raise StoreUnavailableError(str(exc)) from None
+
+    async def _batched(self, user: str, jid: str, item: ET.Element) -> dict[str, str] | None:
+        """Written with the user's other items of this turn: the refused JIDs, or None when
+        the server has no module to take them (then each goes as a privileged SET)."""
+        batch = self._batches.get(user)
+        if batch is None:
+            self._batches[user] = batch = _Batch()
+            # After the writers woken in this turn have added theirs.
+            asyncio.get_running_loop().call_soon(self._send_batch, user)
+        batch.items[jid] = item
+        # Shielded: a writer cancelled (we are stopping) must not cancel the others' answer;
+        # the request goes out and its writes finish anyway.
+        return await asyncio.shield(batch.answer)
+
+    def _send_batch(self, user: str) -> None:
+        batch = self._batches.pop(user)
+        task = asyncio.ensure_future(self._write_batch(user, batch))
+        self._senders.add(task)
+        task.add_done_callback(self._senders.discard)
+
+    async def _write_batch(self, user: str, batch: _Batch) -> None:
+        username, _, domain = user.partition("@")
+        request = stanzas.roster_write(username, batch.items.values())
+        try:
+            result = await self._sender.send_iq(domain, "set", request)
+        except IqRefusedError as exc:
+            if exc.condition in _NOT_SUPPORTED:
+                self._no_module_writes(exc)
+                batch.answer.set_result(None)
+            else:
+                _fail(batch.answer, _write_error(user, exc))
+        except IqUnansweredError as exc:
+            _fail(batch.answer, StoreUnavailableError(str(exc)))
+        except BaseException as exc:  # cancelled, or a bug: every writer must hear of it
+            _fail(batch.answer, StoreUnavailableError(f"roster write not sent: {exc!r}"))
+            raise
+        else:
+            batch.answer.set_result(stanzas.parse_write_result(result))
+
+    def _no_module_writes(self, exc: IqRefusedError) -> None:
+        if self._module_writes:
+            self._module_writes = False
+            log.warning(
+                "store.module_write_unsupported",
+                error=str(exc),
+                hint="update mod_roster_admin_presence (deploy/prosody/) on the server: "
+                "until then each roster item costs a privileged SET and a save of the roster",
+            )
+
+    def _retry_module(self) -> None:
+        self._module_writes = True
 
     async def clear_pending(self, user: str, jids: Sequence[str]) -> None:
         username, _, domain = user.partition("@")
@@ -171,6 +260,19 @@ class PrivilegedRosterStore:
             raise _store_error(to, exc) from None
         except IqUnansweredError as exc:
             raise StoreUnavailableError(str(exc)) from None
+
+
+def _fail(answer: asyncio.Future[dict[str, str] | None], error: StoreError) -> None:
+    answer.set_exception(error)
+    # Retrieved here too: when every writer was cancelled nobody else would.
+    answer.add_done_callback(lambda done: done.exception())
+
+
+def _write_error(user: str, exc: IqRefusedError) -> StoreError:
+    """The module answers item-not-found for a user without an account."""
+    if exc.condition == "item-not-found":
+        return UnknownUserError(f"{exc} (no such user?)")
+    return _store_error(user.partition("@")[2], exc)
 
 
 def _store_error(to: str, exc: IqRefusedError) -> StoreError:

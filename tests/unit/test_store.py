@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import TYPE_CHECKING
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -19,7 +21,11 @@ from component.errors import (
 from component.roster import Contact, StoredRoster
 from component.store.privileged import IqType, PrivilegedRosterStore
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 ALICE = "alice@example.test"
+NO_MODULE = IqRefusedError("no", "service-unavailable")
 
 
 class RecordingSender:
@@ -50,6 +56,14 @@ class FakeGrants:
     def __init__(self) -> None:
         self.privileges = stanzas.Privileges(roster="both")
         self.privileges_known = True
+        self.listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self.listeners.append(listener)
+
+    def advertise_again(self) -> None:
+        for listener in self.listeners:
+            listener()
 
 
 @pytest.fixture(name="grants")
@@ -118,12 +132,15 @@ async def test_clear_pending_names_the_requests_to_drop(
     assert [item.get("jid") for item in payload] == ["eve@y", "mallory@z"]
 
 
-async def test_write_sends_exactly_one_item(
+async def test_without_the_module_write_sends_exactly_one_item(
     store: PrivilegedRosterStore, sender: RecordingSender
 ) -> None:
-    """One item per IQ: Prosody answers multi-item sets with several same-id results."""
+    """One item per privileged IQ: Prosody answers multi-item sets with several same-id
+    results."""
+    sender.host_error = NO_MODULE
     await store.write(ALICE, Contact("bob@x", "Bob", frozenset({"G"})))
-    [(_, iq_type, payload)] = sender.sent
+    [_, (to, iq_type, payload)] = sender.sent
+    assert to == ALICE
     assert iq_type == "set"
     assert stanzas.parse_roster_query(payload) == {
         "bob@x": Contact("bob@x", "Bob", frozenset({"G"}))
@@ -133,17 +150,19 @@ async def test_write_sends_exactly_one_item(
 async def test_removing_an_item_already_gone_is_fine(
     store: PrivilegedRosterStore, sender: RecordingSender
 ) -> None:
-    """item-not-found on removal means the roster already is as wanted."""
+    """item-not-found on a privileged removal means the roster already is as wanted."""
+    sender.host_error = NO_MODULE
     sender.error = IqRefusedError("gone", "item-not-found")
     await store.remove(ALICE, "bob@x")
-    (item,) = sender.sent[0][2]
+    (item,) = sender.sent[1][2]
     assert item.attrib == {"jid": "bob@x", "subscription": "remove"}
 
 
 async def test_other_removal_errors_are_raised(
     store: PrivilegedRosterStore, sender: RecordingSender
 ) -> None:
-    """Any other refusal is a store failure."""
+    """Any other refusal of a privileged removal is a store failure."""
+    sender.host_error = NO_MODULE
     sender.error = IqRefusedError("no", "forbidden")
     with pytest.raises(StoreError):
         await store.remove(ALICE, "bob@x")
@@ -205,7 +224,9 @@ async def test_announce_skips_users_known_to_be_offline(
 async def test_write_failures_are_told_in_neutral_words(
     store: PrivilegedRosterStore, sender: RecordingSender, error: Exception, kind: type
 ) -> None:
-    """XMPP error conditions become the store's own kinds, which sync understands."""
+    """XMPP error conditions of privileged SETs become the store's own kinds, which sync
+    understands."""
+    sender.host_error = NO_MODULE
     sender.error = error
     with pytest.raises(StoreError) as raised:
         await store.write(ALICE, Contact("bob@x"))
@@ -224,3 +245,133 @@ def test_ready_once_roster_privileges_are_granted(
     assert "roster.example.test" in problem
     grants.privileges_known = False
     assert "advertisement" in (store.problem() or "")
+
+
+# --- writes through the module ----------------------------------------------------------------
+
+
+def write_answer(**refused: str) -> ET.Element:
+    """The module's answer to a roster write, refusing the given JIDs (``bob_x`` = bob@x)."""
+    answer = ET.Element("iq", {"type": "result"})
+    write = ET.SubElement(answer, f"{{{stanzas.PRESENCE_UPDATE_NS}}}write", {"user": "alice"})
+    for jid, why in refused.items():
+        element = ET.SubElement(write, f"{{{stanzas.PRESENCE_UPDATE_NS}}}refused")
+        element.set("jid", jid.replace("_", "@"))
+        element.text = why
+    return answer
+
+
+def written_items(payload: ET.Element) -> list[tuple[str | None, str | None]]:
+    assert payload.tag == f"{{{stanzas.PRESENCE_UPDATE_NS}}}write"
+    [query] = payload
+    return [(item.get("jid"), item.get("subscription")) for item in query]
+
+
+async def test_a_users_writes_of_one_turn_go_in_one_request_to_the_host(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """Items set and removed together are one write request naming the user, in order."""
+    sender.host_result = write_answer()
+    await asyncio.gather(
+        store.write(ALICE, Contact("bob@x", "Bob", frozenset({"G"}))),
+        store.remove(ALICE, "dave@x"),
+        store.write(ALICE, Contact("carol@x")),
+    )
+    [(to, iq_type, payload)] = sender.sent
+    assert (to, iq_type, payload.get("user")) == ("example.test", "set", "alice")
+    assert written_items(payload) == [("bob@x", "both"), ("dave@x", "remove"), ("carol@x", "both")]
+    assert stanzas.parse_roster_query(payload[0])["bob@x"] == Contact(
+        "bob@x", "Bob", frozenset({"G"})
+    )
+
+
+async def test_each_user_and_each_turn_has_its_own_request(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """Another user's items go separately, and so do items written after the answer."""
+    sender.host_result = write_answer()
+    await asyncio.gather(
+        store.write(ALICE, Contact("bob@x")), store.write("carol@example.test", Contact("bob@x"))
+    )
+    await store.write(ALICE, Contact("dave@x"))
+    assert [(p.get("user"), written_items(p)) for _, _, p in sender.sent] == [
+        ("alice", [("bob@x", "both")]),
+        ("carol", [("bob@x", "both")]),
+        ("alice", [("dave@x", "both")]),
+    ]
+
+
+async def test_a_refused_item_fails_alone(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """The module names what it did not write: that write is refused, the others went in; a
+    refused removal is a store failure (the item may still be there)."""
+    sender.host_result = write_answer(bob_x="not a bare JID", dave_x="not a bare JID")
+    bob, carol, dave = await asyncio.gather(
+        store.write(ALICE, Contact("bob@x")),
+        store.write(ALICE, Contact("carol@x")),
+        store.remove(ALICE, "dave@x"),
+        return_exceptions=True,
+    )
+    assert isinstance(bob, ItemRefusedError)
+    assert "not a bare JID" in str(bob)
+    assert carol is None
+    assert type(dave) is StoreError
+    assert len(sender.sent) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (IqRefusedError("x", "item-not-found"), UnknownUserError),
+        (IqRefusedError("x", "forbidden"), StoreError),
+        (IqRefusedError("x", "internal-server-error"), StoreError),
+        (IqUnansweredError("x"), StoreUnavailableError),
+    ],
+)
+async def test_a_failed_write_request_fails_every_item_in_it(
+    store: PrivilegedRosterStore, sender: RecordingSender, error: Exception, kind: type
+) -> None:
+    """Nothing of the request was written: each writer hears it in the store's words."""
+    sender.host_error = error
+    outcomes = await asyncio.gather(
+        store.write(ALICE, Contact("bob@x")), store.remove(ALICE, "carol@x"), return_exceptions=True
+    )
+    assert [type(outcome) for outcome in outcomes] == [kind, kind]
+    assert len(sender.sent) == 1
+
+
+async def test_a_cancelled_writer_leaves_the_others_their_answer(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """Cancelling one write (shutdown) neither cancels the request nor the other writes."""
+    sender.host_result = write_answer()
+    first = asyncio.ensure_future(store.write(ALICE, Contact("bob@x")))
+    second = asyncio.ensure_future(store.write(ALICE, Contact("carol@x")))
+    await asyncio.sleep(0)
+    first.cancel()
+    await second
+    assert first.cancelled()
+    [(_, _, payload)] = sender.sent
+    assert written_items(payload) == [("bob@x", "both"), ("carol@x", "both")]
+
+
+async def test_without_the_module_writes_fall_back_to_privileged_sets_until_new_grants(
+    store: PrivilegedRosterStore, sender: RecordingSender, grants: FakeGrants
+) -> None:
+    """An older module (or none): warned once, every item then a privileged SET to the user;
+    once the server advertises its grants again (reconnect), the module is tried again."""
+    sender.host_error = NO_MODULE
+    with capture_logs() as logs:
+        await asyncio.gather(store.write(ALICE, Contact("bob@x")), store.remove(ALICE, "carol@x"))
+        await store.write(ALICE, Contact("dave@x"))
+    assert [to for to, _, _ in sender.sent] == ["example.test", ALICE, ALICE, ALICE]
+    [warning] = [e for e in logs if e["event"] == "store.module_write_unsupported"]
+    assert "mod_roster_admin_presence" in warning["hint"]
+
+    sender.sent.clear()
+    sender.host_error = None
+    sender.host_result = write_answer()
+    grants.advertise_again()
+    await store.write(ALICE, Contact("erin@x"))
+    assert [to for to, _, _ in sender.sent] == ["example.test"]
