@@ -14,13 +14,16 @@ Figures (README, "Benchmarks", says how each is measured):
 - the server's raw write limit: privileged roster SETs (Prosody) or add_rosteritem calls
   (ejabberd) per second at the best of --windows, before the component connects;
 - the same writes as the initial sync (every user's roster) made by the server alone, at that
-  window, into a fresh server of their own: the rate the initial sync is compared with;
+  window, into a fresh server of their own: the rate the initial sync is compared with (on
+  Prosody twice: as privileged SETs, and each user's roster in one request to the shipped
+  module, as the component writes);
 - initial sync of the N offline users (items/s, and as a ratio to that rate), then a refresh
   of the same N users with nothing changed;
 - login: K clients ask for their roster at once; answer latency p50/p95, less the web app's
   own time for the request in between;
 - refresh of the K online users after each lost one contact and gained one: the reply, and
-  the moment the clients have every push;
+  the moment the clients have every push; the same change made by the server alone (Prosody,
+  not delegated: privileged SETs, and one request per user to the shipped module);
 - CPU (utime+stime) of the component and the server for each of these, the component's RSS,
   requests to the web app and to the server (the component's component_server_requests_total)
   per user.
@@ -46,7 +49,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import aiohttp
 from bench_webapp import roster
@@ -287,6 +290,9 @@ class BenchProsody(prosody.ProsodyServer):
         )
 
 
+_T = TypeVar("_T")
+
+
 @dataclass(frozen=True)
 class Write:
     """One roster item written straight into the server (no component): subscription both,
@@ -318,9 +324,9 @@ class Target(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def write(self, window: int, writes: Sequence[Write]) -> float:
-        """Make every write with ``window`` in flight; the seconds until all are answered.
-        On Prosody, only while the component under test is not connected."""
+    async def write(self, window: int, writes: Sequence[Write]) -> Written:
+        """Make every write with ``window`` in flight: when they began, the seconds until all
+        were answered. On Prosody, only while the component under test is not connected."""
         ...
 
 
@@ -346,9 +352,17 @@ def change_writes(user: str, old: dict[str, Any], new: dict[str, Any]) -> list[W
     return removals + roster_writes(user, {j: i for j, i in new.items() if j not in old})
 
 
+class Written(NamedTuple):
+    """When the first write went out (monotonic clock), and how long until all were answered:
+    pushes are timed from ``began``, not from before the connection and its setup."""
+
+    began: float
+    seconds: float
+
+
 async def _in_window(
-    window: int, writes: Sequence[Write], write: Callable[[Write], Awaitable[None]]
-) -> float:
+    window: int, writes: Sequence[_T], write: Callable[[_T], Awaitable[None]]
+) -> Written:
     queue = iter(writes)
 
     async def worker() -> None:
@@ -358,7 +372,7 @@ async def _in_window(
     began = time.monotonic()
     async with asyncio.timeout(PHASE_TIMEOUT):
         await asyncio.gather(*(worker() for _ in range(window)))
-    return time.monotonic() - began
+    return Written(began, time.monotonic() - began)
 
 
 class ProsodyTarget:
@@ -394,7 +408,7 @@ class ProsodyTarget:
     async def stop(self) -> None:
         await self.server.stop()
 
-    async def write(self, window: int, writes: Sequence[Write]) -> float:
+    async def write(self, window: int, writes: Sequence[Write]) -> Written:
         # The component's own JID: the harness's Prosody has one Component section.
         component = await connect_component(
             COMPONENT_JID, COMPONENT_SECRET, self.server.component_port
@@ -408,6 +422,27 @@ class ProsodyTarget:
                 )
 
             return await _in_window(window, writes, one)
+        finally:
+            component.close()
+            await asyncio.wait_for(component.closed, 10)
+
+    async def write_per_user(self, window: int, writes: Sequence[Write]) -> Written:
+        """Like write(), each user's writes in one request to the shipped module, as the
+        component makes them; ``window`` requests in flight."""
+        per_user: dict[str, list[Write]] = {}
+        for w in writes:
+            per_user.setdefault(w.user, []).append(w)
+        component = await connect_component(
+            COMPONENT_JID, COMPONENT_SECRET, self.server.component_port
+        )
+        try:
+            await asyncio.sleep(0.2)
+
+            async def one(user: str) -> None:
+                items = [(w.contact, w.name, w.groups, w.remove) for w in per_user[user]]
+                await component.write_items(f"{user}@{DOMAIN}", items)
+
+            return await _in_window(window, list(per_user), one)
         finally:
             component.close()
             await asyncio.wait_for(component.closed, 10)
@@ -458,7 +493,7 @@ class EjabberdTarget:
     async def stop(self) -> None:
         self.server.stop()
 
-    async def write(self, window: int, writes: Sequence[Write]) -> float:
+    async def write(self, window: int, writes: Sequence[Write]) -> Written:
         connector = aiohttp.TCPConnector(limit=window)
         async with aiohttp.ClientSession(connector=connector) as http:
 
@@ -790,7 +825,11 @@ class Run:
                 self.figures["rss.peak"] = peak["VmHWM"]
             self.record("run", first, await self.snapshot(), 1)
             wall = time.monotonic() - began
-            others = self.figures["run.cpu_others"] - self.figures.get("raw_initial.cpu_total", 0)
+            others = (
+                self.figures["run.cpu_others"]
+                - self.figures.get("raw_initial.cpu_total", 0)
+                - self.figures.get("raw_initial_module.cpu_total", 0)
+            )
             self.figures["run.others_share"] = max(0.0, others) / (wall * (os.cpu_count() or 1))
             if self.bulk and windows and self.probe is not None:
                 await self.measure_probe_end()
@@ -801,7 +840,7 @@ class Run:
         the server's CPU per write."""
         cpu = cpu_seconds(self.target.pid, tree=True)
         writes = probe_writes(users, self.opts.contacts)
-        self.figures[key] = len(writes) / await self.target.write(window, writes)
+        self.figures[key] = len(writes) / (await self.target.write(window, writes)).seconds
         used = cpu_seconds(self.target.pid, tree=True) - cpu
         self.figures[f"{key}_server_ms"] = used / len(writes) * 1000
         await self.quiet()
@@ -827,27 +866,42 @@ class Run:
         self.figures["initial.ratio"] = (
             self.figures["initial.items_per_s"] / self.figures["raw_initial.items_per_s"]
         )
+        if "raw_initial_module.items_per_s" in self.figures:
+            self.figures["initial.ratio_module"] = (
+                self.figures["initial.items_per_s"] / self.figures["raw_initial_module.items_per_s"]
+            )
 
     async def measure_raw_initial(self, names: Sequence[str]) -> None:
         """The initial sync's own writes by the server alone: every user's roster written at
         the probe's best window into a fresh server of its own, which fills as the one the
         component syncs does. The initial sync is compared with this rate: the probe's, on a
         near-empty server, is not what the same writes get once it holds thousands of rosters.
+        On Prosody also as the component writes: each user's roster in one request to the
+        shipped module (``raw_initial_module``).
         """
+        await self._raw_initial(names, "raw_initial")
+        if isinstance(self.target, ProsodyTarget):
+            await self._raw_initial(names, "raw_initial_module")
+
+    async def _raw_initial(self, names: Sequence[str], key: str) -> None:
         assert self.probe is not None
-        target = self._target(self.workdir / "raw-initial")
+        target = self._target(self.workdir / key.replace("_", "-"))
         writes = [w for n in names for w in roster_writes(n, self.roster(n, self.generation))]
         await target.start(names)
         try:
             cpu = cpu_seconds(target.pid, tree=True)
-            seconds = await target.write(self.probe[1], writes)
+            if key == "raw_initial_module":
+                assert isinstance(target, ProsodyTarget)
+                seconds = (await target.write_per_user(self.probe[1], writes)).seconds
+            else:
+                seconds = (await target.write(self.probe[1], writes)).seconds
             used = cpu_seconds(target.pid, tree=True) - cpu
             # Its whole life, which the run's "other processes" must not count as noise.
-            self.figures["raw_initial.cpu_total"] = cpu_seconds(target.pid, tree=True)
+            self.figures[f"{key}.cpu_total"] = cpu_seconds(target.pid, tree=True)
         finally:
             await target.stop()
-        self.figures["raw_initial.items_per_s"] = len(writes) / seconds
-        self.figures["raw_initial.server_ms"] = used / len(writes) * 1000
+        self.figures[f"{key}.items_per_s"] = len(writes) / seconds
+        self.figures[f"{key}.server_ms"] = used / len(writes) * 1000
         await self.quiet()
 
     async def start_component(self, stack: contextlib.AsyncExitStack, names: list[str]) -> None:
@@ -1015,14 +1069,19 @@ class Run:
             await fleet.ask_rosters(presence=True)
             await self.quiet()
             await self.measure_raw_refresh(fleet)
+            if isinstance(self.target, ProsodyTarget):
+                await self.measure_raw_refresh(fleet, through_module=True)
         finally:
             await fleet.close()
         self.synced_at = time.monotonic()
 
-    async def measure_raw_refresh(self, fleet: Fleet) -> None:
+    async def measure_raw_refresh(self, fleet: Fleet, *, through_module: bool = False) -> None:
         """The refresh's change (one removal, one addition per online user) written straight
         into the server at the probe's best window: what those writes cost the server alone,
-        until every push has reached the clients."""
+        until every push has reached the clients. Privileged SETs (one item each), or
+        ``through_module``: each user's change in one request to the shipped Prosody module,
+        as the component writes."""
+        key = "raw_module" if through_module else "raw"
         names = [client.username for client in fleet.clients]
         writes = [
             w
@@ -1033,15 +1092,20 @@ class Run:
         ]
         pushed = fleet.expect_pushes(len(writes))
         cpu = cpu_seconds(self.target.pid, tree=True)
-        began = time.monotonic()
-        self.figures["raw.writes"] = await self.target.write(
-            self.probe[1] if self.probe else 64, writes
-        )
+        window = self.probe[1] if self.probe else 64
+        if through_module:
+            assert isinstance(self.target, ProsodyTarget)
+            written = await self.target.write_per_user(window, writes)
+        else:
+            written = await self.target.write(window, writes)
+        self.figures[f"{key}.writes"] = written.seconds
         try:
-            self.figures["raw.pushes"] = await asyncio.wait_for(pushed, PUSH_TIMEOUT) - began
+            self.figures[f"{key}.pushes"] = (
+                await asyncio.wait_for(pushed, PUSH_TIMEOUT) - written.began
+            )
         except TimeoutError:
-            self.figures["raw.missing_pushes"] = fleet.goal - fleet.push_items
-        self.figures["raw.cpu_server"] = cpu_seconds(self.target.pid, tree=True) - cpu
+            self.figures[f"{key}.missing_pushes"] = fleet.goal - fleet.push_items
+        self.figures[f"{key}.cpu_server"] = cpu_seconds(self.target.pid, tree=True) - cpu
         self.generation += 1
         await self.bench.webapp.set_generation(names, self.generation)
         await self.quiet()
@@ -1093,6 +1157,7 @@ FAILURES = {
     "refresh.errors": "users failed in the refresh",
     "refresh.missing_pushes": "pushed items missing",
     "raw.missing_pushes": "pushed items missing when the server wrote alone",
+    "raw_module.missing_pushes": "pushed items missing when the server wrote alone (module)",
     "login.wrong_rosters": "rosters of the wrong size",
 }
 
@@ -1186,6 +1251,12 @@ def _bulk_report(bench: Bench) -> list[str]:
                 f"server of their own: {bulk['raw_initial.items_per_s']:.0f}/s, server CPU "
                 f"{bulk['raw_initial.server_ms']:.2f} ms per write"
             )
+        if "raw_initial_module.items_per_s" in bulk:
+            lines.append(
+                f"  the same, each user's items in one request to the shipped module: "
+                f"{bulk['raw_initial_module.items_per_s']:.0f} items/s, server CPU "
+                f"{bulk['raw_initial_module.server_ms']:.3f} ms per item"
+            )
         if "probe.end" in bulk:
             lines.append(
                 f"  at the end of the run: {bulk['probe.end']:.0f}/s, server CPU "
@@ -1200,6 +1271,11 @@ def _bulk_report(bench: Bench) -> list[str]:
                 f"  initial sync, {opts.users} offline users x {opts.contacts} = {items} items: "
                 f"{bulk['initial.seconds']:.1f} s, {bulk['initial.items_per_s']:.0f} items/s, "
                 f"{_fmt(bulk.get('initial.ratio'), '.2f')}x the server's own rate for those writes"
+                + (
+                    f" as privileged SETs, {bulk['initial.ratio_module']:.2f}x through the module"
+                    if "initial.ratio_module" in bulk
+                    else ""
+                )
             ),
             "    " + _costs(bulk, "initial"),
             f"    server CPU {bulk['initial.server_ms']:.2f} ms per item written",
@@ -1257,18 +1333,23 @@ def _table(bench: Bench) -> list[str]:
     row("reply (s)", "refresh.reply", ".3f")
     row("all pushes at the clients (s)", "refresh.pushes", ".3f")
     row(f"{2 * k} writes at the raw write limit (s)", "refresh.raw_cost", ".3f")
-    row("same change, server alone: writes answered (s)", "raw.writes", ".3f")
-    row("same change, server alone: all pushes (s)", "raw.pushes", ".3f")
-    row("same change, server alone: CPU server (s)", "raw.cpu_server", ".2f")
-    alone = next((med[m]["raw.pushes"] for m in modes if "raw.pushes" in med[m]), None)
-    values(
-        "all pushes / server alone",
-        {
-            m: med[m]["refresh.pushes"] / alone if alone and "refresh.pushes" in med[m] else None
-            for m in modes
-        },
-        ".2f",
-    )
+    lines.append("  the same change by the server alone, as privileged SETs / a request per user:")
+    for key, how in (("raw", "SETs"), ("raw_module", "per user")):
+        row(f"  {how}: writes answered (s)", f"{key}.writes", ".3f")
+        row(f"  {how}: all pushes (s)", f"{key}.pushes", ".3f")
+        row(f"  {how}: CPU server (s)", f"{key}.cpu_server", ".2f")
+    for key, how in (("raw", "SETs"), ("raw_module", "per user")):
+        alone = next((med[m][f"{key}.pushes"] for m in modes if f"{key}.pushes" in med[m]), None)
+        values(
+            f"all pushes / server alone ({how})",
+            {
+                m: med[m]["refresh.pushes"] / alone
+                if alone and "refresh.pushes" in med[m]
+                else None
+                for m in modes
+            },
+            ".2f",
+        )
     costs("refresh")
     lines.append(f"login: {k} clients ask for their roster at once")
     row("answer p50, less the web app (ms)", "login.p50", ".1f")

@@ -28,6 +28,7 @@ SESSION_NS = "urn:ietf:params:xml:ns:xmpp-session"
 ROSTER_NS = "jabber:iq:roster"
 CLIENT_NS = "jabber:client"
 COMPONENT_NS = "jabber:component:accept"
+MODULE_NS = "urn:http-roster-admin:presence:0"  # the shipped Prosody module
 TIMEOUT = 30.0
 
 
@@ -265,7 +266,8 @@ async def connect_client(
 
 
 class BenchComponent(_Stream):
-    """A bare XEP-0114 component: it sends privileged roster SETs, nothing else."""
+    """A bare XEP-0114 component: it writes rosters (privileged SETs, or through the shipped
+    module), nothing else."""
 
     def __init__(self, jid: str) -> None:
         super().__init__(COMPONENT_NS, jid)
@@ -303,19 +305,39 @@ class BenchComponent(_Stream):
         """A privileged roster SET of one item in the user's roster: subscription both, or
         the item's removal."""
         iq_id = self.next_id()
-        if remove:
-            item = f"<item jid={quoteattr(contact)} subscription='remove'/>"
-        else:
-            group_xml = "".join(f"<group>{escape(g)}</group>" for g in groups)
-            item = (
-                f"<item jid={quoteattr(contact)} name={quoteattr(name)} subscription='both'>"
-                f"{group_xml}</item>"
-            )
+        item = _item_xml(contact, name, groups, remove)
         await self.iq(
             f"<iq type='set' id='{iq_id}' from={quoteattr(self.jid)} to={quoteattr(user_jid)}>"
             f"<query xmlns='{ROSTER_NS}'>{item}</query></iq>",
             iq_id,
         )
+
+    async def write_items(self, user_jid: str, items: Iterable[RawItem]) -> None:
+        """The items of one user in one request to the shipped module (saved once), as the
+        component writes them."""
+        iq_id = self.next_id()
+        username, _, domain = user_jid.partition("@")
+        xml = "".join(_item_xml(*item) for item in items)
+        await self.iq(
+            f"<iq type='set' id='{iq_id}' from={quoteattr(self.jid)} to={quoteattr(domain)}>"
+            f"<write xmlns='{MODULE_NS}' user={quoteattr(username)}>"
+            f"<query xmlns='{ROSTER_NS}'>{xml}</query></write></iq>",
+            iq_id,
+        )
+
+
+#: One roster item to write: (contact, name, groups, remove)
+RawItem = tuple[str, str, "Iterable[str]", bool]
+
+
+def _item_xml(contact: str, name: str, groups: Iterable[str], remove: bool) -> str:
+    if remove:
+        return f"<item jid={quoteattr(contact)} subscription='remove'/>"
+    group_xml = "".join(f"<group>{escape(g)}</group>" for g in groups)
+    return (
+        f"<item jid={quoteattr(contact)} name={quoteattr(name)} subscription='both'>"
+        f"{group_xml}</item>"
+    )
 
 
 async def connect_component(jid: str, secret: str, port: int) -> BenchComponent:
