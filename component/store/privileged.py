@@ -76,10 +76,11 @@ class _Batch:
 
 
 class PrivilegedRosterStore:
-    """XEP-0356 roster access, one item per IQ.
+    """Prosody's rosters: read by XEP-0356, written through the shipped module.
 
-    Prosody answers a multi-item set with one result per item, all with the same id, which
-    no IQ tracker can pair up.
+    Privileged SETs carry one item each (Prosody answers a multi-item set with one result per
+    item, all with the same id, which no IQ tracker can pair up), and Prosody saves the whole
+    roster for each: the module takes a user's items in one request and saves once.
     """
 
     def __init__(
