@@ -166,6 +166,22 @@ def parse_write_result(result: ET.Element) -> dict[str, str]:
     }
 
 
+def roster_read(username: str) -> ET.Element:
+    """Ask the shipped module for a user's roster items and pending inbound requests in one
+    answer (a privileged GET shows no pending requests)."""
+    return ET.Element(_q(PRESENCE_UPDATE_NS, "roster"), {"user": username})
+
+
+def parse_roster_read(result: ET.Element) -> tuple[dict[str, Contact], frozenset[str]]:
+    """The contacts and the pending requests in the module's answer to a roster_read."""
+    found = result.find(_q(PRESENCE_UPDATE_NS, "roster"))
+    if found is None:
+        return {}, frozenset()
+    return parse_roster_query(found.find(_q(ROSTER_NS, "query"))), _module_jids(
+        found, "pending", "item"
+    )
+
+
 def parse_roster_query(query: ET.Element | None) -> dict[str, Contact]:
     """The contacts in a server's roster result, keyed by JID, as the server stores them."""
     contacts: dict[str, Contact] = {}

@@ -98,9 +98,10 @@ class PrivilegedRosterStore:
         self._online = online
         # Said once, not at every sync, until the module answers again.
         self._module_missing = False
-        # Until the server says it has no module to take them (then again once it has
-        # advertised its grants anew: after a reconnect, maybe to an updated server).
-        self._module_writes = True
+        # Reads and writes through the module, until the server says it has none that takes
+        # them (then again once it has advertised its grants anew: after a reconnect, maybe
+        # to an updated server).
+        self._module_current = True
         self._batches: dict[str, _Batch] = {}  # user -> items gathered in this turn
         self._senders: set[asyncio.Task[None]] = set()
         grants.on_change(self._retry_module)
@@ -123,14 +124,35 @@ class PrivilegedRosterStore:
         """Nothing to release."""
 
     async def read(self, user: str) -> StoredRoster:
+        if self._module_current:
+            stored = await self._read_by_module(user)
+            if stored is not None:
+                return stored
         roster, pending = await asyncio.gather(
             self._iq(user, "get", stanzas.roster_query()), self._read_pending(user)
         )
         contacts = stanzas.parse_roster_query(roster.find(f"{{{stanzas.ROSTER_NS}}}query"))
         return StoredRoster(contacts, pending)
 
+    async def _read_by_module(self, user: str) -> StoredRoster | None:
+        """Items and pending requests in one request; None when the server has no module that
+        answers it."""
+        username, _, domain = user.partition("@")
+        try:
+            result = await self._sender.send_iq(domain, "get", stanzas.roster_read(username))
+        except IqRefusedError as exc:
+            if exc.condition in _NOT_SUPPORTED:
+                self._module_outdated(exc)
+                return None
+            raise _module_error(user, exc) from None
+        except IqUnansweredError as exc:
+            raise StoreUnavailableError(str(exc)) from None
+        self._module_missing = False
+        contacts, pending = stanzas.parse_roster_read(result)
+        return StoredRoster(contacts, pending)
+
     async def write(self, user: str, contact: Contact) -> None:
-        if self._module_writes:
+        if self._module_current:
             refused = await self._batched(user, contact.jid, stanzas.roster_item(contact))
             if refused is not None:
                 if contact.jid in refused:
@@ -146,7 +168,7 @@ class PrivilegedRosterStore:
             raise StoreUnavailableError(str(exc)) from None
 
     async def remove(self, user: str, jid: str) -> None:
-        if self._module_writes:
+        if self._module_current:
             refused = await self._batched(user, jid, stanzas.removal_item(jid))
             if refused is not None:
                 if jid in refused:
@@ -186,10 +208,10 @@ class PrivilegedRosterStore:
             result = await self._sender.send_iq(domain, "set", request)
         except IqRefusedError as exc:
             if exc.condition in _NOT_SUPPORTED:
-                self._no_module_writes(exc)
+                self._module_outdated(exc)
                 batch.answer.set_result(None)
             else:
-                _fail(batch.answer, _write_error(user, exc))
+                _fail(batch.answer, _module_error(user, exc))
         except IqUnansweredError as exc:
             _fail(batch.answer, StoreUnavailableError(str(exc)))
         except BaseException as exc:  # cancelled, or a bug: every writer must hear of it
@@ -198,18 +220,19 @@ class PrivilegedRosterStore:
         else:
             batch.answer.set_result(stanzas.parse_write_result(result))
 
-    def _no_module_writes(self, exc: IqRefusedError) -> None:
-        if self._module_writes:
-            self._module_writes = False
+    def _module_outdated(self, exc: IqRefusedError) -> None:
+        if self._module_current:
+            self._module_current = False
             log.warning(
-                "store.module_write_unsupported",
+                "store.module_outdated",
                 error=str(exc),
-                hint="update mod_roster_admin_presence (deploy/prosody/) on the server: "
-                "until then each roster item costs a privileged SET and a save of the roster",
+                hint="load the current mod_roster_admin_presence (deploy/prosody/) on the "
+                "server: until then each roster item written costs a privileged SET and a "
+                "save of the roster, and each read two requests",
             )
 
     def _retry_module(self) -> None:
-        self._module_writes = True
+        self._module_current = True
 
     async def clear_pending(self, user: str, jids: Sequence[str]) -> None:
         username, _, domain = user.partition("@")
@@ -269,7 +292,7 @@ def _fail(answer: asyncio.Future[dict[str, str] | None], error: StoreError) -> N
     answer.add_done_callback(lambda done: done.exception())
 
 
-def _write_error(user: str, exc: IqRefusedError) -> StoreError:
+def _module_error(user: str, exc: IqRefusedError) -> StoreError:
     """The module answers item-not-found for a user without an account."""
     if exc.condition == "item-not-found":
         return UnknownUserError(f"{exc} (no such user?)")

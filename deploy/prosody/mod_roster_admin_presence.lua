@@ -103,6 +103,14 @@
 -- nothing stored. A save that fails: internal-server-error, nothing changed. Sessions that
 -- asked Prosody for their roster get a push per item, each with its own roster version, as
 -- after that many SETs.
+--
+-- 6. A user's roster and pending requests read in one request (a privileged GET and a pending
+-- query are two, each loading the roster of a user who is offline):
+--
+--   <iq type='get' to='example.org' id='…'><roster xmlns='…' user='alice'/></iq>
+--   answer: <roster xmlns='…' user='alice'><query xmlns='jabber:iq:roster'><item …/>…</query>
+--           <pending><item jid='eve@remote.example'/>…</pending></roster>, items and
+--           requests sorted by JID; item-not-found for a user without an account.
 
 local jid = require "util.jid";
 local st = require "util.stanza";
@@ -571,6 +579,52 @@ module:hook("iq-set/host/"..NS..":write", function(event)
 	end
 	module:log("debug", "Wrote %d item(s) of %s@%s in one save, refused %d", #contacts,
 		username, module.host, refusals);
+	origin.send(reply);
+	return true;
+end);
+
+-- Roster reads: the items and the pending requests in one answer.
+
+module:hook("iq-get/host/"..NS..":roster", function(event)
+	local origin, stanza = event.origin, event.stanza;
+	if refused(event, "a roster read") then return true; end
+	local request = stanza.tags[1];
+	local username, err = parse_user(request);
+	if username and #request.tags > 0 then
+		username, err = nil, "unexpected element <"..request.tags[1].name..">";
+	end
+	if not username then
+		malformed(event, "roster read", err);
+		return true;
+	end
+	local roster, load_err = roster_of(username);
+	if load_err then return cannot_read(event, username, load_err); end
+	if not roster then
+		origin.send(st.error_reply(stanza, "cancel", "item-not-found", "No such user"));
+		return true;
+	end
+	local contacts, requesters = {}, {};
+	for contact in pairs(roster) do
+		if type(contact) == "string" then contacts[#contacts + 1] = contact; end
+	end
+	for requester in pairs(roster[false].pending or {}) do
+		requesters[#requesters + 1] = requester;
+	end
+	table.sort(contacts);
+	table.sort(requesters);
+	local reply = st.reply(stanza):tag("roster", { xmlns = NS, user = username })
+		:tag("query", { xmlns = ROSTER_NS });
+	for _, contact in ipairs(contacts) do
+		local item = roster[contact];
+		reply:tag("item", { jid = contact, name = item.name, subscription = item.subscription,
+			ask = item.ask });
+		for group in pairs(item.groups or {}) do reply:tag("group"):text(group):up(); end
+		reply:up();
+	end
+	reply:up():tag("pending");
+	for _, requester in ipairs(requesters) do
+		reply:tag("item", { jid = requester }):up();
+	end
 	origin.send(reply);
 	return true;
 end);

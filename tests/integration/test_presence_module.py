@@ -703,3 +703,75 @@ async def test_sessions_that_asked_for_the_roster_get_a_push_per_item_each_versi
     assert second == first + 1
     assert not quiet.pushes.items
     assert set(await phone.get_roster()) == {bob}
+
+
+# --- roster reads -----------------------------------------------------------------------------
+
+
+def roster_read(user: str) -> ET.Element:
+    return ET.Element(f"{{{NS}}}roster", {"user": user} if user else {})
+
+
+async def test_a_roster_is_read_with_its_pending_requests_in_one_answer(site: Site) -> None:
+    """Every item as stored (name, groups, subscription, ask), and the pending inbound
+    requests a roster GET does not show, sorted by JID."""
+    bob, carol, dave = site.jid("bob"), site.jid("carol"), site.jid("dave")
+    await site.request(
+        write(
+            "alice",
+            {"jid": carol, "subscription": "from"},
+            {"jid": bob, "name": "Bob", "subscription": "both"},
+            groups={bob: ["Friends", "Work"]},
+        )
+    )
+    await site.server.shell(
+        'local rm = require "core.rostermanager"; '
+        f'assert(rm.set_contact_pending_out("alice", "{site.server.domain}", "{dave}"))'
+    )
+    await site.add_pending_in("alice", EVE, "mallory@remote.example")
+
+    [answer] = await site.request(roster_read("alice"), "get")
+    assert (answer.tag, answer.get("user")) == (f"{{{NS}}}roster", "alice")
+    [query, pending_list] = answer
+    assert query.tag == f"{{{ROSTER}}}query"
+    items = [
+        (
+            i.get("jid"),
+            i.get("name"),
+            i.get("subscription"),
+            i.get("ask"),
+            sorted(g.text or "" for g in i),
+        )
+        for i in query
+    ]
+    assert items == [
+        (bob, "Bob", "both", None, ["Friends", "Work"]),
+        (carol, None, "from", None, []),
+        (dave, None, "none", "subscribe", []),
+    ]
+    assert pending_list.tag == f"{{{NS}}}pending"
+    assert [i.get("jid") for i in pending_list] == [EVE, "mallory@remote.example"]
+
+
+async def test_reading_a_user_without_account_is_item_not_found(site: Site) -> None:
+    with pytest.raises(StanzaError) as refused:
+        await site.request(roster_read("nobody"), "get")
+    assert refused.value.condition == "item-not-found"
+
+
+async def test_only_the_component_may_read_rosters(site: Site) -> None:
+    """A user reading another user's roster through the module gets forbidden."""
+    bob = await site.online("bob", "desk")
+    with pytest.raises(StanzaError) as refused:
+        await bob.send_iq("get", site.server.domain, roster_read("alice"))
+    assert (refused.value.condition, refused.value.error_type) == ("forbidden", "auth")
+
+
+async def test_malformed_roster_reads_are_refused(site: Site) -> None:
+    """No user, or anything inside the request: bad-request."""
+    with_child = roster_read("alice")
+    ET.SubElement(with_child, f"{{{NS}}}item", {"jid": site.jid("bob")})
+    for request in (roster_read(""), with_child):
+        with pytest.raises(StanzaError) as refused:
+            await site.request(request, "get")
+        assert (refused.value.condition, refused.value.error_type) == ("bad-request", "modify")

@@ -40,10 +40,14 @@ class RecordingSender:
         self.host_result = ET.Element("iq", {"type": "result"})
         self.error: Exception | None = None
         self.host_error: Exception | None = None
+        # Requests to the host an older module does not know (by element name).
+        self.unknown_to_module: set[str] = set()
 
     async def send_iq(self, to: str, iq_type: IqType, payload: ET.Element) -> ET.Element:
         self.sent.append((to, iq_type, payload))
         to_host = "@" not in to
+        if to_host and payload.tag.rpartition("}")[2] in self.unknown_to_module:
+            raise NO_MODULE
         error = self.host_error if to_host else self.error
         if error is not None:
             raise error
@@ -81,23 +85,60 @@ def fixture_store(sender: RecordingSender, grants: FakeGrants) -> PrivilegedRost
     return PrivilegedRosterStore(sender, grants, "roster.example.test")
 
 
-async def test_read_is_a_roster_get_to_the_users_bare_jid(
+def module_roster(items: dict[str, Contact], pending: list[str]) -> ET.Element:
+    """The module's answer to a roster read."""
+    answer = ET.Element("iq", {"type": "result"})
+    roster = ET.SubElement(answer, f"{{{stanzas.PRESENCE_UPDATE_NS}}}roster", {"user": "alice"})
+    query = stanzas.roster_query(items)
+    for item in query:
+        if items[item.get("jid", "")].ask:
+            item.set("ask", "subscribe")
+    roster.append(query)
+    listed = ET.SubElement(roster, f"{{{stanzas.PRESENCE_UPDATE_NS}}}pending")
+    for jid in pending:
+        ET.SubElement(listed, f"{{{stanzas.PRESENCE_UPDATE_NS}}}item", {"jid": jid})
+    return answer
+
+
+async def test_read_is_one_request_to_the_module(
     store: PrivilegedRosterStore, sender: RecordingSender
 ) -> None:
-    """Reading sends an empty roster query and parses the server's items."""
+    """Items (ask included) and pending requests come in one answer from the users' host."""
+    bob = Contact("bob@x", "Bob", frozenset({"G"}), "to", ask=True)
+    sender.host_result = module_roster({"bob@x": bob}, ["eve@y"])
+    assert await store.read(ALICE) == StoredRoster({"bob@x": bob}, frozenset({"eve@y"}))
+    [(to, iq_type, payload)] = sender.sent
+    assert (to, iq_type, payload.get("user"), len(payload)) == ("example.test", "get", "alice", 0)
+
+
+async def test_a_module_read_of_an_unknown_user_is_said_so(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """item-not-found from the module: no such user."""
+    sender.host_error = IqRefusedError("x", "item-not-found")
+    with pytest.raises(UnknownUserError):
+        await store.read(ALICE)
+
+
+async def test_without_module_reads_a_roster_get_goes_to_the_users_bare_jid(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """An older module: an empty privileged roster query, the server's items parsed."""
+    sender.unknown_to_module = {"roster"}
     sender.result.append(stanzas.roster_query({"bob@x": Contact("bob@x", "Bob")}))
     assert await store.read(ALICE) == StoredRoster({"bob@x": Contact("bob@x", "Bob")})
-    (to, iq_type, payload) = sender.sent[0]
+    (to, iq_type, payload) = sender.sent[1]
     assert (to, iq_type, len(payload)) == (ALICE, "get", 0)
 
 
-async def test_read_asks_the_host_for_pending_requests(
+async def test_without_module_reads_pending_requests_are_asked_for_apart(
     store: PrivilegedRosterStore, sender: RecordingSender
 ) -> None:
     """Pending inbound requests, which a roster query does not show, come from the module."""
+    sender.unknown_to_module = {"roster"}
     sender.host_result.append(stanzas.pending_request("alice", ["eve@y", "mallory@z"]))
     assert (await store.read(ALICE)).pending_in == {"eve@y", "mallory@z"}
-    (to, iq_type, payload) = sender.sent[1]
+    (to, iq_type, payload) = sender.sent[2]
     assert (to, iq_type, payload.get("user"), len(payload)) == ("example.test", "get", "alice", 0)
 
 
@@ -356,17 +397,18 @@ async def test_a_cancelled_writer_leaves_the_others_their_answer(
     assert written_items(payload) == [("bob@x", "both"), ("carol@x", "both")]
 
 
-async def test_without_the_module_writes_fall_back_to_privileged_sets_until_new_grants(
+async def test_without_module_writes_each_item_is_a_privileged_set_until_new_grants(
     store: PrivilegedRosterStore, sender: RecordingSender, grants: FakeGrants
 ) -> None:
     """An older module (or none): warned once, every item then a privileged SET to the user;
-    once the server advertises its grants again (reconnect), the module is tried again."""
+    once the server advertises its grants again (reconnect), the module is tried again, for
+    reads too."""
     sender.host_error = NO_MODULE
     with capture_logs() as logs:
         await asyncio.gather(store.write(ALICE, Contact("bob@x")), store.remove(ALICE, "carol@x"))
         await store.write(ALICE, Contact("dave@x"))
     assert [to for to, _, _ in sender.sent] == ["example.test", ALICE, ALICE, ALICE]
-    [warning] = [e for e in logs if e["event"] == "store.module_write_unsupported"]
+    [warning] = [e for e in logs if e["event"] == "store.module_outdated"]
     assert "mod_roster_admin_presence" in warning["hint"]
 
     sender.sent.clear()
@@ -375,3 +417,6 @@ async def test_without_the_module_writes_fall_back_to_privileged_sets_until_new_
     grants.advertise_again()
     await store.write(ALICE, Contact("erin@x"))
     assert [to for to, _, _ in sender.sent] == ["example.test"]
+    sender.host_result = module_roster({}, [])
+    await store.read(ALICE)
+    assert [to for to, _, _ in sender.sent] == ["example.test", "example.test"]
