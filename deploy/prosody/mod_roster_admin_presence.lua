@@ -282,14 +282,23 @@ local function malformed(event, what, why)
 	event.origin.send(st.error_reply(event.stanza, "modify", "bad-request", why));
 end
 
-module:hook("iq-set/host/"..NS..":update", function(event)
-	local origin, stanza = event.origin, event.stanza;
-	if refused(event, "a presence update") then return true; end
-	local user, changes = parse_update(stanza.tags[1]);
-	if not user then
-		malformed(event, "presence update", changes);
+-- Hooks the component's iq of this type ("get" or "set") whose payload is <name xmlns=NS>.
+-- Anyone else gets forbidden; a payload that parse(payload) finds malformed (nil, why) gets
+-- bad-request; otherwise handle(event, ...) gets what parse returned, and answers.
+local function on_request(iq_type, name, what, parse, handle)
+	module:hook("iq-"..iq_type.."/host/"..NS..":"..name, function(event)
+		if refused(event, what) then return true; end
+		local parsed = table.pack(parse(event.stanza.tags[1]));
+		if parsed[1] == nil then
+			malformed(event, what, parsed[2]);
+		else
+			handle(event, table.unpack(parsed, 1, parsed.n));
+		end
 		return true;
-	end
+	end);
+end
+
+on_request("set", "update", "presence update", parse_update, function(event, user, changes)
 	local counts = { added = 0, removed = 0 };
 	for _, change in ipairs(changes) do counts[change.kind] = counts[change.kind] + 1; end
 	local sessions = available_sessions(user);
@@ -308,8 +317,7 @@ module:hook("iq-set/host/"..NS..":update", function(event)
 		module:log("debug", "Presence update for %s: %d added, %d removed; sent for %d session(s)",
 			user, counts.added, counts.removed, #sessions);
 	end
-	origin.send(st.reply(stanza));
-	return true;
+	event.origin.send(st.reply(event.stanza));
 end);
 
 -- Pending inbound subscription requests.
@@ -347,19 +355,28 @@ local function cannot_read(event, username, err)
 	module:log("error", "Cannot read the roster of %s@%s: %s", username, module.host,
 		tostring(err));
 	event.origin.send(st.error_reply(event.stanza, "wait", "internal-server-error"));
-	return true;
 end
 
-module:hook("iq-get/host/"..NS..":pending", function(event)
-	local origin, stanza = event.origin, event.stanza;
-	if refused(event, "a pending requests query") then return true; end
-	local username, err = parse_pending(stanza.tags[1], false);
-	if not username then
-		malformed(event, "pending requests query", err);
-		return true;
+-- The roster of a user with an account, or nil once the request is answered with the error
+-- (no account: item-not-found).
+local function existing_roster(event, username)
+	local roster, err = roster_of(username);
+	if err then
+		cannot_read(event, username, err);
+	elseif not roster then
+		event.origin.send(st.error_reply(event.stanza, "cancel", "item-not-found",
+			"No such user"));
 	end
+	return not err and roster or nil;
+end
+
+local function parse_pending_get(request) return parse_pending(request, false); end
+local function parse_pending_set(request) return parse_pending(request, true); end
+
+on_request("get", "pending", "pending requests query", parse_pending_get, function(event, username)
+	local origin, stanza = event.origin, event.stanza;
 	local roster, load_err = roster_of(username);
-	if load_err then return cannot_read(event, username, load_err); end
+	if load_err then cannot_read(event, username, load_err); return; end
 	local requesters = {};
 	for requester in pairs(roster and roster[false].pending or {}) do
 		requesters[#requesters + 1] = requester;
@@ -372,19 +389,12 @@ module:hook("iq-get/host/"..NS..":pending", function(event)
 	module:log("debug", "Pending subscription requests to %s@%s: %d%s", username, module.host,
 		#requesters, roster and "" or " (no such user)");
 	origin.send(reply);
-	return true;
 end);
 
-module:hook("iq-set/host/"..NS..":pending", function(event)
+local function clear_pending(event, username, contacts)
 	local origin, stanza = event.origin, event.stanza;
-	if refused(event, "a request to clear pending requests") then return true; end
-	local username, contacts = parse_pending(stanza.tags[1], true);
-	if not username then
-		malformed(event, "request to clear pending requests", contacts);
-		return true;
-	end
 	local roster, load_err = roster_of(username);
-	if load_err then return cannot_read(event, username, load_err); end
+	if load_err then cannot_read(event, username, load_err); return; end
 	local cleared = {}; -- { contact, request } of each request removed
 	local pending = roster and roster[false].pending or {};
 	for _, contact in ipairs(contacts) do
@@ -403,14 +413,16 @@ module:hook("iq-set/host/"..NS..":pending", function(event)
 			module:log("error", "Cannot save the roster of %s@%s: %s", username, module.host,
 				tostring(save_err));
 			origin.send(st.error_reply(stanza, "wait", "internal-server-error"));
-			return true;
+			return;
 		end
 	end
 	module:log("info", "Cleared %d pending subscription request(s) to %s@%s (%d listed)%s",
 		#cleared, username, module.host, #contacts, roster and "" or "; no such user");
 	origin.send(st.reply(stanza));
-	return true;
-end);
+end
+
+on_request("set", "pending", "request to clear pending requests", parse_pending_set,
+	clear_pending);
 
 -- Roster pushes for delegated clients.
 
@@ -441,15 +453,8 @@ local function parse_push(push)
 	return username, targets, queries;
 end
 
-module:hook("iq-set/host/"..NS..":push", function(event)
-	local origin, stanza = event.origin, event.stanza;
-	if refused(event, "roster pushes") then return true; end
-	local username, targets, queries = parse_push(stanza.tags[1]);
-	if not username then
-		malformed(event, "roster pushes", targets);
-		return true;
-	end
-	local reply = st.reply(stanza):tag("push", { xmlns = NS, user = username });
+on_request("set", "push", "roster pushes", parse_push, function(event, username, targets, queries)
+	local reply = st.reply(event.stanza):tag("push", { xmlns = NS, user = username });
 	local reached = 0;
 	for _, target in ipairs(targets) do
 		local session = full_sessions[target];
@@ -464,8 +469,7 @@ module:hook("iq-set/host/"..NS..":push", function(event)
 	end
 	module:log("debug", "Sent %d roster push(es) to %d of %d session(s) of %s@%s", #queries,
 		reached, #targets, username, module.host);
-	origin.send(reply);
-	return true;
+	event.origin.send(reply);
 end);
 
 -- Roster writes: a user's changed items in one request.
@@ -527,20 +531,10 @@ local function push_each(username, roster, contacts, first_version)
 	metadata.version = saved_version;
 end
 
-module:hook("iq-set/host/"..NS..":write", function(event)
+on_request("set", "write", "roster write", parse_write, function(event, username, changes)
 	local origin, stanza = event.origin, event.stanza;
-	if refused(event, "a roster write") then return true; end
-	local username, changes = parse_write(stanza.tags[1]);
-	if not username then
-		malformed(event, "roster write", changes);
-		return true;
-	end
-	local roster, load_err = roster_of(username);
-	if load_err then return cannot_read(event, username, load_err); end
-	if not roster then
-		origin.send(st.error_reply(stanza, "cancel", "item-not-found", "No such user"));
-		return true;
-	end
+	local roster = existing_roster(event, username);
+	if not roster then return; end
 	local reply = st.reply(stanza):tag("write", { xmlns = NS, user = username });
 	local before, contacts = {}, {}; -- each changed contact's item before (false: none)
 	local refusals = 0;
@@ -573,36 +567,26 @@ module:hook("iq-set/host/"..NS..":write", function(event)
 			module:log("error", "Cannot save the roster of %s@%s: %s", username, module.host,
 				tostring(save_err));
 			origin.send(st.error_reply(stanza, "wait", "internal-server-error"));
-			return true;
+			return;
 		end
 		push_each(username, roster, contacts, first_version);
 	end
 	module:log("debug", "Wrote %d item(s) of %s@%s in one save, refused %d", #contacts,
 		username, module.host, refusals);
 	origin.send(reply);
-	return true;
 end);
 
 -- Roster reads: the items and the pending requests in one answer.
 
-module:hook("iq-get/host/"..NS..":roster", function(event)
-	local origin, stanza = event.origin, event.stanza;
-	if refused(event, "a roster read") then return true; end
-	local request = stanza.tags[1];
-	local username, err = parse_user(request);
-	if username and #request.tags > 0 then
-		username, err = nil, "unexpected element <"..request.tags[1].name..">";
-	end
-	if not username then
-		malformed(event, "roster read", err);
-		return true;
-	end
-	local roster, load_err = roster_of(username);
-	if load_err then return cannot_read(event, username, load_err); end
-	if not roster then
-		origin.send(st.error_reply(stanza, "cancel", "item-not-found", "No such user"));
-		return true;
-	end
+-- The username, or nil and why the request is malformed.
+local function parse_read(request)
+	if #request.tags > 0 then return nil, "unexpected element <"..request.tags[1].name..">"; end
+	return parse_user(request);
+end
+
+on_request("get", "roster", "roster read", parse_read, function(event, username)
+	local roster = existing_roster(event, username);
+	if not roster then return; end
 	local contacts, requesters = {}, {};
 	for contact in pairs(roster) do
 		if type(contact) == "string" then contacts[#contacts + 1] = contact; end
@@ -612,7 +596,7 @@ module:hook("iq-get/host/"..NS..":roster", function(event)
 	end
 	table.sort(contacts);
 	table.sort(requesters);
-	local reply = st.reply(stanza):tag("roster", { xmlns = NS, user = username })
+	local reply = st.reply(event.stanza):tag("roster", { xmlns = NS, user = username })
 		:tag("query", { xmlns = ROSTER_NS });
 	for _, contact in ipairs(contacts) do
 		local item = roster[contact];
@@ -625,6 +609,5 @@ module:hook("iq-get/host/"..NS..":roster", function(event)
 	for _, requester in ipairs(requesters) do
 		reply:tag("item", { jid = requester }):up();
 	end
-	origin.send(reply);
-	return true;
+	event.origin.send(reply);
 end);
