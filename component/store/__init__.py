@@ -55,6 +55,7 @@ class RosterStore(Protocol):
         """Make presence flow now between ``user`` and contacts that were just added or removed.
 
         Written rosters only govern presence sent from then on: online users see a new
-        contact's current presence, or a removed one going away, only through this.
+        contact's current presence, or a removed one going away, only through this (or
+        through the writes themselves, where the store's writes do it: then nothing more).
         """
         ...

@@ -103,6 +103,8 @@ class PrivilegedRosterStore:
         # to an updated server).
         self._module_current = True
         self._batches: dict[str, _Batch] = {}  # user -> items gathered in this turn
+        # Users whose last writes went through the module, which sent their presence too.
+        self._announced: set[str] = set()
         self._senders: set[asyncio.Task[None]] = set()
         grants.on_change(self._retry_module)
 
@@ -158,6 +160,7 @@ class PrivilegedRosterStore:
                 if contact.jid in refused:
                     raise ItemRefusedError(f"{contact.jid}: {refused[contact.jid]}")
                 return
+        self._announced.discard(user)
         try:
             await self._sender.send_iq(user, "set", stanzas.roster_query({contact.jid: contact}))
         except IqRefusedError as exc:
@@ -174,6 +177,7 @@ class PrivilegedRosterStore:
                 if jid in refused:
                     raise StoreError(f"the server would not remove {jid}: {refused[jid]}")
                 return
+        self._announced.discard(user)
         try:
             await self._sender.send_iq(user, "set", stanzas.roster_removal(jid))
         except IqRefusedError as exc:
@@ -218,6 +222,7 @@ class PrivilegedRosterStore:
             _fail(batch.answer, StoreUnavailableError(f"roster write not sent: {exc!r}"))
             raise
         else:
+            self._announced.add(user)
             batch.answer.set_result(stanzas.parse_write_result(result))
 
     def _module_outdated(self, exc: IqRefusedError) -> None:
@@ -239,7 +244,11 @@ class PrivilegedRosterStore:
         await self._iq(domain, "set", stanzas.pending_request(username, jids))
 
     async def announce(self, user: str, added: Sequence[str], removed: Sequence[str]) -> None:
-        # XEP-0356 cannot send presence for users: the shipped module does, asked by an IQ.
+        # XEP-0356 cannot send presence for users: the shipped module does, asked by an IQ,
+        # or along with the writes it made.
+        if user in self._announced:
+            self._announced.discard(user)
+            return
         if self._known_offline(user):
             # The module would send nothing either (an initial sync's users mostly): the
             # request alone cost the server as much as a write per user.

@@ -102,7 +102,9 @@
 -- an unknown subscription); the others are. A user without an account: item-not-found,
 -- nothing stored. A save that fails: internal-server-error, nothing changed. Sessions that
 -- asked Prosody for their roster get a push per item, each with its own roster version, as
--- after that many SETs.
+-- after that many SETs. Then, before the answer, the presence the write implies goes out as
+-- for an update (section 1): a contact that became "both" counts as added, a removed one
+-- that had a subscription as removed. No update request is needed after a write.
 --
 -- 6. A user's roster and pending requests read in one request (a privileged GET and a pending
 -- query are two, each loading the roster of a user who is offline):
@@ -298,7 +300,9 @@ local function on_request(iq_type, name, what, parse, handle)
 	end);
 end
 
-on_request("set", "update", "presence update", parse_update, function(event, user, changes)
+-- Sends the presence that changes ({ kind = "added" | "removed", contact }) of the user's
+-- roster imply, as section 1 says.
+local function announce(user, changes)
 	local counts = { added = 0, removed = 0 };
 	for _, change in ipairs(changes) do counts[change.kind] = counts[change.kind] + 1; end
 	local sessions = available_sessions(user);
@@ -317,6 +321,10 @@ on_request("set", "update", "presence update", parse_update, function(event, use
 		module:log("debug", "Presence update for %s: %d added, %d removed; sent for %d session(s)",
 			user, counts.added, counts.removed, #sessions);
 	end
+end
+
+on_request("set", "update", "presence update", parse_update, function(event, user, changes)
+	announce(user, changes);
 	event.origin.send(st.reply(event.stanza));
 end);
 
@@ -531,6 +539,23 @@ local function push_each(username, roster, contacts, first_version)
 	metadata.version = saved_version;
 end
 
+-- The presence changes a write made, in the order of ``contacts``: a contact that became
+-- "both" was added, one removed that had any subscription was removed (what an update
+-- request from the component would list).
+local function presence_changes(roster, before, contacts)
+	local changes = {};
+	for _, contact in ipairs(contacts) do
+		local old, new = before[contact], roster[contact];
+		local was = old and old.subscription or "none";
+		if new and new.subscription == "both" and was ~= "both" then
+			changes[#changes + 1] = { kind = "added", contact = contact };
+		elseif not new and was ~= "none" then
+			changes[#changes + 1] = { kind = "removed", contact = contact };
+		end
+	end
+	return changes;
+end
+
 on_request("set", "write", "roster write", parse_write, function(event, username, changes)
 	local origin, stanza = event.origin, event.stanza;
 	local roster = existing_roster(event, username);
@@ -570,6 +595,7 @@ on_request("set", "write", "roster write", parse_write, function(event, username
 			return;
 		end
 		push_each(username, roster, contacts, first_version);
+		announce(username.."@"..module.host, presence_changes(roster, before, contacts));
 	end
 	module:log("debug", "Wrote %d item(s) of %s@%s in one save, refused %d", #contacts,
 		username, module.host, refusals);

@@ -775,3 +775,34 @@ async def test_malformed_roster_reads_are_refused(site: Site) -> None:
         with pytest.raises(StanzaError) as refused:
             await site.request(request, "get")
         assert (refused.value.condition, refused.value.error_type) == ("bad-request", "modify")
+
+
+async def test_a_write_sends_the_presence_its_changes_imply(site: Site) -> None:
+    """A contact written as "both" exchanges presence with the user at once; one removed goes
+    unavailable both ways; a changed name alone sends nothing."""
+    alice = await site.online("alice", "phone", status="Here")
+    bob = await site.online("bob", "desk", status="Hi")
+    carol = await site.online("carol", "lab")
+    await site.request(write("bob", {"jid": alice.bare, "subscription": "both"}))
+    await site.request(write("carol", {"jid": alice.bare, "subscription": "both"}))
+    await site.request(write("alice", {"jid": carol.bare, "subscription": "both"}))
+    await start_afresh(alice, bob, carol)
+
+    await site.request(
+        write(
+            "alice",
+            {"jid": bob.bare, "subscription": "both"},
+            {"jid": carol.bare, "subscription": "remove"},
+        )
+    )
+    received = await bob.wait_for_presence(sent_by(alice.jid))
+    assert (received.type, received.status) == ("available", "Here")
+    assert (await alice.wait_for_presence(sent_by(bob.jid))).status == "Hi"
+    await carol.wait_for_presence(sent_by(alice.jid, "unavailable"))
+    await alice.wait_for_presence(sent_by(carol.jid, "unavailable"))
+
+    await start_afresh(alice, bob)
+    await site.request(write("alice", {"jid": bob.bare, "name": "Bob", "subscription": "both"}))
+    await settle(alice, bob)
+    assert not presences_from(bob, alice.bare)
+    assert not presences_from(alice, bob.bare)

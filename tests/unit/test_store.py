@@ -420,3 +420,20 @@ async def test_without_module_writes_each_item_is_a_privileged_set_until_new_gra
     sender.host_result = module_roster({}, [])
     await store.read(ALICE)
     assert [to for to, _, _ in sender.sent] == ["example.test", "example.test"]
+
+
+async def test_after_module_writes_presence_needs_no_request(
+    store: PrivilegedRosterStore, sender: RecordingSender
+) -> None:
+    """The module sent the presence with the writes; after privileged writes (an older
+    module) the update request goes out as before."""
+    sender.host_result = write_answer()
+    await store.write(ALICE, Contact("bob@x"))
+    await store.announce(ALICE, ["bob@x"], [])
+    assert len(sender.sent) == 1
+
+    sender.sent.clear()
+    sender.unknown_to_module = {"write"}
+    await store.write(ALICE, Contact("carol@x"))
+    await store.announce(ALICE, ["carol@x"], [])
+    assert [p.tag.rpartition("}")[2] for _, _, p in sender.sent] == ["write", "query", "update"]
