@@ -1,11 +1,12 @@
-"""Rosters through XEP-0356 privileged roster IQs (Prosody) and the shipped module.
+"""Prosody's rosters, through the shipped module or XEP-0356 privileged roster IQs.
 
-Roster reads go from our domain to the user's bare JID. Writes go to the shipped Prosody
-module, mod_roster_admin_presence, as IQs to the users' host: the items of one user written
-in the same turn of the loop travel together and are saved once (a privileged SET carries one
-item, and Prosody saves the whole roster for each). Without that module, one privileged SET
-per item. What a roster query does not cover (pending inbound requests, presence for changed
-contacts) goes to the module too.
+Reads and writes go to the shipped Prosody module, mod_roster_admin_presence, as IQs to the
+users' host: a read brings the items and the pending inbound requests (which no roster query
+shows); the items of one user written in the same turn of the loop travel together, are saved
+once (a privileged SET carries one item, and Prosody saves the whole roster for each) and
+bring the presence the change implies. A server without the current module gets privileged
+roster IQs to the user's bare JID, item by item, and separate requests for pending requests
+and presence.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class _Batch:
 
 
 class PrivilegedRosterStore:
-    """Prosody's rosters: read by XEP-0356, written through the shipped module.
+    """Prosody's rosters: through the shipped module, or XEP-0356 without it.
 
     Privileged SETs carry one item each (Prosody answers a multi-item set with one result per
     item, all with the same id, which no IQ tracker can pair up), and Prosody saves the whole

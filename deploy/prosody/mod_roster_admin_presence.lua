@@ -1,10 +1,11 @@
 -- mod_roster_admin_presence: presence, pending subscription requests, delegated clients'
--- roster pushes and whole-user roster writes for the roster component. Part of
--- http-roster-admin. Works unchanged on Prosody 0.12 and 13.
+-- roster pushes, and roster reads and writes a user at a time, for the roster component.
+-- Part of http-roster-admin. Works unchanged on Prosody 0.12 and 13.
 --
--- The component owns every roster of this host and rewrites them through privileged roster
--- SETs (XEP-0356). What comes with rosters and is out of its reach or too costly that way,
--- it asks this module for with iqs to the users' host, in the namespace below.
+-- The component owns every roster of this host. XEP-0356 privileged roster IQs let it read
+-- and write them, one item per IQ; what they cannot do, or do too expensively, it asks this
+-- module for, with iqs to the users' host in the namespace below (and without the module it
+-- falls back to privileged IQs alone).
 --
 -- 1. Presence for contacts it added or removed. Prosody stores and pushes the item but
 -- exchanges no presence: two online users who become contacts do not see each other until
