@@ -34,7 +34,8 @@ VirtualHost "example.org"
         "privilege";  -- XEP-0356: the component reads/writes rosters, sees presence
         "delegation"; -- XEP-0355: users' roster requests are answered by the component
         "firewall";   -- blocks subscription stanzas (and, non-delegated, users' roster SETs)
-        -- mod_roster_admin_presence.lua: presence between contacts the component adds/removes
+        -- mod_roster_admin_presence.lua: roster reads and writes a user at a time, presence
+        -- between contacts the component adds/removes, pending requests, delegated pushes
         "roster_admin_presence";
     }
 
