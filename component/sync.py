@@ -283,19 +283,16 @@ class Syncer:
                 ):
                     return SyncResult(username, ok=True)
                 started = next(self._tickets)
-                async with self._slots:
-                    if self._stopping:
-                        return SyncResult(username, ok=False, error=_STOPPING)
-                    self._running += 1
-                    self._idle.clear()
-                    try:
-                        result = await self._run(
-                            username, repair=repair, supplied=supplied, roster_needed=roster_needed
-                        )
-                    finally:
-                        self._running -= 1
-                        if not self._running:
-                            self._idle.set()
+                self._running += 1
+                self._idle.clear()
+                try:
+                    result = await self._run(
+                        username, repair=repair, supplied=supplied, roster_needed=roster_needed
+                    )
+                finally:
+                    self._running -= 1
+                    if not self._running:
+                        self._idle.set()
                 self._remember(username, _Outcome(started, self._clock(), result.ok, result))
                 return result
         finally:
@@ -335,11 +332,17 @@ class Syncer:
         # unless the caller needs the roster itself (to answer a user's roster request).
         unless = None if known is None or roster_needed else known.source
         try:
-            parsed = await self._wanted(username, supplied, unless)
-            if parsed is None and self._applied.get(username) is not known:
-                # forget_all() (or forget()) during the fetch made what we knew void: the
-                # server must be read and compared with the roster itself.
-                parsed = await self._wanted(username, supplied, None)
+            # A slot covers the fetch alone: the server's part (read, writes) runs outside it,
+            # bounded by the write window, so the next user's fetch overlaps this one's writes
+            # instead of waiting for them (each stage alone left the other idle).
+            async with self._slots:
+                if self._stopping:
+                    return SyncResult(username, ok=False, error=_STOPPING)
+                parsed = await self._wanted(username, supplied, unless)
+                if parsed is None and self._applied.get(username) is not known:
+                    # forget_all() (or forget()) during the fetch made what we knew void: the
+                    # server must be read and compared with the roster itself.
+                    parsed = await self._wanted(username, supplied, None)
         except FetchError as exc:
             metrics.SYNCS.labels(result="fetch_failed").inc()
             # While the web app is down its circuit says so once, not once per user.

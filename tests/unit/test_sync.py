@@ -224,7 +224,7 @@ async def test_refresh_during_a_sync_fetches_again_once(
 async def test_users_sync_in_parallel_up_to_the_bound(
     webapp: ScriptedWebApp, store: MemoryStore
 ) -> None:
-    """No more than `concurrency` syncs run at once."""
+    """No more than `concurrency` fetches run at once."""
     running = 0
     peak = 0
     release = asyncio.Event()
@@ -244,6 +244,23 @@ async def test_users_sync_in_parallel_up_to_the_bound(
     assert peak == 3
     release.set()
     assert all(r.ok for r in await asyncio.gather(*tasks))
+
+
+async def test_a_sync_writing_leaves_its_slot_to_the_next_fetch(
+    webapp: ScriptedWebApp, store: MemoryStore
+) -> None:
+    """The bound is on fetches: while one user's writes are in flight, the next user's fetch
+    runs (a refresh of many users keeps the web app and the server busy at once)."""
+    webapp.rosters = {"a": {BOB: Contact(BOB)}, "b": {CAROL: Contact(CAROL)}}
+    store.write_delay = 0.2
+    syncer = Syncer(webapp, store, DOMAIN, concurrency=1, max_age=0)
+    first = asyncio.create_task(syncer.refresh("a"))
+    await asyncio.sleep(0.05)
+    assert store.in_flight == 1
+    second = asyncio.create_task(syncer.refresh("b"))
+    await asyncio.sleep(0.01)
+    assert (webapp.fetches, store.in_flight) == (["a", "b"], 2)
+    assert all(r.ok for r in await asyncio.gather(first, second))
 
 
 async def test_a_failed_sync_still_reports_what_it_wrote(
