@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
+from xml.etree import ElementTree as ET
 
 import structlog
 
@@ -30,7 +31,6 @@ from component.roster import StoredRoster
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from xml.etree import ElementTree as ET
 
     from component.roster import Contact
 
@@ -43,6 +43,8 @@ _ITEM_REFUSALS = frozenset({"not-allowed", "bad-request", "jid-malformed", "not-
 _PRESENCE_OF_ALL = frozenset({"managed_entity", "roster"})
 # What a server answers for a request no module of it handles (on a user's JID: no user).
 _NOT_SUPPORTED = frozenset({"service-unavailable", "feature-not-implemented"})
+# Bytes of a write request around its items (iq, write and query elements), at most.
+_REQUEST_OVERHEAD = 1024
 
 
 class IqSender(Protocol):
@@ -71,6 +73,7 @@ class _Batch:
     server has no module to take them."""
 
     items: dict[str, ET.Element] = field(default_factory=dict)
+    size: int = 0  # at least the items' serialized bytes (stanzas.size_bound)
     answer: asyncio.Future[dict[str, str] | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -91,8 +94,12 @@ class PrivilegedRosterStore:
         component_jid: str,
         *,
         online: Callable[[str], bool] | None = None,
+        max_stanza_bytes: int = 500_000,
     ) -> None:
         self._sender = sender
+        # Over the server's stanza size limit it would close our whole stream: a batch stays
+        # below it, less room for the request around the items.
+        self._batch_bytes = max_stanza_bytes - _REQUEST_OVERHEAD
         self._grants = grants
         self._component_jid = component_jid
         # Whether a user (bare JID) has a session, as the server's presence tells us.
@@ -155,8 +162,14 @@ class PrivilegedRosterStore:
         return StoredRoster(contacts, pending)
 
     async def write(self, user: str, contact: Contact) -> None:
+        item = stanzas.roster_item(contact)
+        if not self._fits(item):
+            raise ItemRefusedError(
+                f"{contact.jid}: larger than the server's stanza size limit "
+                "(server.max_stanza_bytes)"
+            )
         if self._module_current:
-            refused = await self._batched(user, contact.jid, stanzas.roster_item(contact))
+            refused = await self._batched(user, contact.jid, item)
             if refused is not None:
                 if contact.jid in refused:
                     raise ItemRefusedError(f"{contact.jid}: {refused[contact.jid]}")
@@ -187,21 +200,35 @@ class PrivilegedRosterStore:
         except IqUnansweredError as exc:
             raise StoreUnavailableError(str(exc)) from None
 
+    def _fits(self, item: ET.Element) -> bool:
+        """Whether a request carrying this item alone stays below the stanza size limit."""
+        if stanzas.size_bound(item) <= self._batch_bytes:
+            return True
+        return len(ET.tostring(item, encoding="unicode").encode()) <= self._batch_bytes
+
     async def _batched(self, user: str, jid: str, item: ET.Element) -> dict[str, str] | None:
-        """Written with the user's other items of this turn: the refused JIDs, or None when
-        the server has no module to take them (then each goes as a privileged SET)."""
+        """Written with the user's other items of this turn (as many as stay below the
+        stanza size limit): the refused JIDs, or None when the server has no module to take
+        them (then each goes as a privileged SET)."""
+        size = stanzas.size_bound(item)
         batch = self._batches.get(user)
+        if batch is not None and batch.size + size > self._batch_bytes:
+            self._send_batch(user, batch)  # full: this item starts the next one
+            batch = None
         if batch is None:
             self._batches[user] = batch = _Batch()
             # After the writers woken in this turn have added theirs.
-            asyncio.get_running_loop().call_soon(self._send_batch, user)
+            asyncio.get_running_loop().call_soon(self._send_batch, user, batch)
         batch.items[jid] = item
+        batch.size += size
         # Shielded: a writer cancelled (we are stopping) must not cancel the others' answer;
         # the request goes out and its writes finish anyway.
         return await asyncio.shield(batch.answer)
 
-    def _send_batch(self, user: str) -> None:
-        batch = self._batches.pop(user)
+    def _send_batch(self, user: str, batch: _Batch) -> None:
+        if self._batches.get(user) is not batch:
+            return  # sent already, once full
+        del self._batches[user]
         task = asyncio.ensure_future(self._write_batch(user, batch))
         self._senders.add(task)
         task.add_done_callback(self._senders.discard)

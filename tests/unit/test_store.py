@@ -342,6 +342,39 @@ async def test_each_user_and_each_turn_has_its_own_request(
     ]
 
 
+async def test_a_users_items_are_split_below_the_stanza_size_limit(
+    sender: RecordingSender, grants: FakeGrants
+) -> None:
+    """Over the server's stanza limit it would close our stream: each request stays below,
+    and every item goes out once, in order."""
+    limit = 10_000
+    store = PrivilegedRosterStore(sender, grants, "roster.example.test", max_stanza_bytes=limit)
+    sender.host_result = write_answer()
+    contacts = [Contact(f"c{i}@x", "n" * 200) for i in range(60)]
+    await asyncio.gather(*(store.write(ALICE, c) for c in contacts))
+    assert len(sender.sent) > 1
+    assert all(len(ET.tostring(p, encoding="unicode").encode()) < limit for _, _, p in sender.sent)
+    jids = [jid for _, _, p in sender.sent for jid, _ in written_items(p)]
+    assert jids == [c.jid for c in contacts]
+
+
+async def test_an_item_over_the_stanza_size_limit_is_refused_alone(
+    sender: RecordingSender, grants: FakeGrants
+) -> None:
+    """It is never sent; the user's other items are written."""
+    store = PrivilegedRosterStore(sender, grants, "roster.example.test", max_stanza_bytes=10_000)
+    sender.host_result = write_answer()
+    outcomes = await asyncio.gather(
+        store.write(ALICE, Contact("huge@x", "n" * 20_000)),
+        store.write(ALICE, Contact("bob@x")),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], ItemRefusedError)
+    assert "stanza size limit" in str(outcomes[0])
+    assert outcomes[1] is None
+    assert [written_items(p) for _, _, p in sender.sent] == [[("bob@x", "both")]]
+
+
 async def test_a_refused_item_fails_alone(
     store: PrivilegedRosterStore, sender: RecordingSender
 ) -> None:
