@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from component.config import Config
     from component.roster import Roster
     from component.store import RosterStore
+    from component.sync import SyncResult
 
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
@@ -76,6 +77,7 @@ class Application:
             self.online,
             domain=config.users.domain,
             roster_provider=self._roster_for,
+            sync_provider=self._sync_before_answer,
             max_stanza_bytes=config.server.max_stanza_bytes,
             expected=config.server.delegates,
         )
@@ -221,7 +223,21 @@ class Application:
         the last good roster the server holds (a sync still running pushes what it changes).
         With it, its version (XEP-0237).
         """
-        sync = self._spawn(self.syncer.ensure_fresh(username))
+        result = await self._login_sync(username, roster_needed=True)
+        if result is not None and result.roster is not None and result.version is not None:
+            return result.roster, result.version
+        roster = await self.syncer.current_roster(username)
+        return roster, version(roster)
+
+    async def _sync_before_answer(self, username: str) -> None:
+        """Sync before the server answers a user's roster request from its store (which
+        then serves the last good roster if this fails or takes too long)."""
+        await self._login_sync(username, roster_needed=False)
+
+    async def _login_sync(self, username: str, *, roster_needed: bool) -> SyncResult | None:
+        """A fresh sync when needed, waited for at most answer_timeout: the successful
+        result, or None (the reason is logged)."""
+        sync = self._spawn(self.syncer.ensure_fresh(username, roster_needed=roster_needed))
         try:
             result = await asyncio.wait_for(
                 asyncio.shield(sync), timeout=self.config.sync.answer_timeout
@@ -234,11 +250,10 @@ class Application:
                 raise
             log.info("roster.answer_from_store", user=username, why="sync cancelled")
         else:
-            if result.ok and result.roster is not None and result.version is not None:
+            if result.ok:
                 self.resync.synced(username)
-                return result.roster, result.version
-        roster = await self.syncer.current_roster(username)
-        return roster, version(roster)
+                return result
+        return None
 
     def _on_available(self, username: str) -> None:
         if username in self._login_syncs or self.resync.offer(username):
@@ -280,7 +295,11 @@ def _roster_store(
     match server.kind:
         case "prosody":
             return PrivilegedRosterStore(
-                link, grants, config.component.jid, online=lambda user: bool(online.resources(user))
+                link,
+                grants,
+                config.component.jid,
+                online=lambda user: bool(online.resources(user)),
+                max_stanza_bytes=server.max_stanza_bytes,
             )
         case "ejabberd":
             return AdminApiRosterStore(

@@ -139,6 +139,24 @@ def parse_push_result(result: ET.Element) -> frozenset[str]:
     return _module_jids(result, "push", "gone")
 
 
+def hold_request() -> ET.Element:
+    """Ask the shipped module to hold users' roster requests while we sync the user, then
+    answer them itself from its store (instead of delegating them to us)."""
+    return ET.Element(_q(PRESENCE_UPDATE_NS, "hold"))
+
+
+def parse_sync_request(iq: ET.Element) -> tuple[str, str] | None:
+    """The username and the session (full JID) of the module's request to sync a user whose
+    roster request it holds, or None when malformed."""
+    request = iq.find(_q(PRESENCE_UPDATE_NS, "sync"))
+    if request is None:
+        return None
+    username, session = request.get("user"), request.get("session")
+    if not username or not session:
+        return None
+    return username, session
+
+
 def roster_write(username: str, items: Iterable[ET.Element]) -> ET.Element:
     """Ask the shipped module to write a user's roster ``items`` (``roster_item`` elements, or
     removals) and save the roster once: a privileged SET carries one item, and Prosody saves

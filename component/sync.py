@@ -206,8 +206,13 @@ class Syncer:
         """
         return await self._sync(username, max_age=None, repair=True, roster_needed=False)
 
-    async def ensure_fresh(self, username: str, *, background: bool = False) -> SyncResult:
+    async def ensure_fresh(
+        self, username: str, *, background: bool = False, roster_needed: bool = True
+    ) -> SyncResult:
         """Sync unless a successful sync finished less than ``max_age`` seconds ago.
+
+        The result carries the roster (to answer a user with) unless not ``roster_needed``
+        or a background sync.
 
         Background syncs (users coming online: after a reconnect, every online user at once)
         get at most half the slots, so that refreshes and users waiting for their roster are
@@ -215,7 +220,7 @@ class Syncer:
         roster request does not wait behind that queue either.
         """
         if not background:
-            return await self._sync(username, max_age=self._max_age, roster_needed=True)
+            return await self._sync(username, max_age=self._max_age, roster_needed=roster_needed)
         async with self._background_slots:
             return await self._sync(username, max_age=self._max_age, roster_needed=False)
 

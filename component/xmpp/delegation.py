@@ -2,6 +2,11 @@
 
 GETs are answered with the web app's roster (through the roster provider the application
 hands us); SETs, and anything else a user must not do, are refused.
+
+With the shipped Prosody module, GETs come another way: we ask the module to hold them, it
+asks us to sync the user, and once we have answered, the server answers from its store (now
+in line) as it does without delegation: the roster crosses our stream only where it changed,
+and the server pushes to those sessions itself.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import structlog
 from slixmpp.jid import JID, InvalidJID
 
 from component import metrics, stanzas
+from component.errors import IqRefusedError, IqUnansweredError
 from component.xmpp.link import STREAM_NS
 
 if TYPE_CHECKING:
@@ -41,16 +47,22 @@ class DelegatedRosters:
         *,
         domain: str,
         roster_provider: Callable[[str], Awaitable[tuple[Roster, str]]],
+        sync_provider: Callable[[str], Awaitable[None]],
         max_stanza_bytes: int,
         expected: bool,
     ) -> None:
+        self._link = link
         self._grants = grants
         self._expected = expected
         self._online = online
         self._domain = domain
         self._roster_provider = roster_provider
+        self._sync_provider = sync_provider
         self._max_stanza_bytes = max_stanza_bytes
         self._answers: set[asyncio.Task[None]] = set()
+        # The server holds roster requests for us (asked once per connection).
+        self._held = False
+        self._asking: asyncio.Task[None] | None = None
         for node in stanzas.delegation_disco_nodes(stanzas.ROSTER_NS):
             # The server asks for these nodes to nest our features in its own disco.
             link.add_disco_feature(stanzas.ROSTER_NS, node)
@@ -59,7 +71,13 @@ class DelegatedRosters:
             f"{{{STREAM_NS}}}iq/{{{stanzas.DELEGATION_NS}}}delegation",
             self._on_delegated,
         )
+        link.handle(
+            "held roster request",
+            f"{{{STREAM_NS}}}iq/{{{stanzas.PRESENCE_UPDATE_NS}}}sync",
+            self._on_sync_request,
+        )
         grants.on_change(self._check_unexpected)
+        grants.on_change(self._ask_hold)
 
     @property
     def active(self) -> bool:
@@ -83,8 +101,36 @@ class DelegatedRosters:
                 hint="the server delegates rosters to us: set server.delegate_roster = true",
             )
 
+    @property
+    def held(self) -> bool:
+        """The server holds users' roster requests while we sync, then answers them itself."""
+        return self._held
+
+    def _ask_hold(self) -> None:
+        if not self.active:
+            self._held = False  # lost with the link, or no longer delegated
+            return
+        if not self._held and self._asking is None:
+            self._asking = asyncio.ensure_future(self._hold())
+
+    async def _hold(self) -> None:
+        try:
+            await self._link.send_iq(self._domain, "set", stanzas.hold_request())
+        except IqRefusedError as exc:
+            # An older module (or another server): we answer the requests ourselves.
+            log.info("roster.hold_unsupported", error=str(exc))
+        except IqUnansweredError as exc:
+            log.info("roster.hold_failed", error=str(exc))
+        else:
+            self._held = self.active
+            log.info("roster.requests_held")
+        finally:
+            self._asking = None
+
     async def stop(self) -> None:
         """Finish answering users (bounded): an unanswered request leaves a client waiting."""
+        if self._asking is not None:
+            self._asking.cancel()
         if self._answers:
             await asyncio.wait(self._answers, timeout=_ANSWER_DRAIN)
         for task in self._answers:
@@ -94,9 +140,51 @@ class DelegatedRosters:
     def _on_delegated(self, iq: Any) -> None:
         if iq["type"] not in {"get", "set"}:
             return  # never answer a result or an error
-        task = asyncio.ensure_future(self._answer_delegated(iq))
+        self._spawn(self._answer_delegated(iq))
+
+    def _on_sync_request(self, iq: Any) -> None:
+        if iq["type"] == "set":
+            self._spawn(self._answer_sync(iq))
+
+    def _spawn(self, answer: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(answer)
         self._answers.add(task)
         task.add_done_callback(self._answers.discard)
+
+    async def _answer_sync(self, iq: Any) -> None:
+        try:
+            refusal = await self._sync_for(iq["from"].full, iq.xml)
+        except BaseException:
+            # Cancelled (we are stopping) or a bug: the server answers from its store now.
+            _send_error(iq, "wait", "internal-server-error")
+            raise
+        if refusal is None:
+            iq.reply(clear=True).send()
+        else:
+            _send_error(iq, *refusal)
+
+    async def _sync_for(self, sender: str, request: ET.Element) -> tuple[str, str] | None:
+        """Sync the user whose roster request the server holds: None once done (the server
+        then answers from its store, so a failed sync serves the last good roster), or the
+        error (type, condition) to refuse the request with."""
+        if sender != self._domain:
+            log.warning("xmpp.sync_request_spoofed", sender=sender)
+            metrics.DELEGATED.labels(result="spoofed").inc()
+            return "auth", "forbidden"
+        parsed = stanzas.parse_sync_request(request)
+        try:
+            session = JID(parsed[1]) if parsed is not None else None
+        except InvalidJID:
+            session = None
+        if parsed is None or session is None or session.bare != f"{parsed[0]}@{self._domain}":
+            log.warning("xmpp.sync_request_malformed", request=ET.tostring(request, "unicode"))
+            metrics.DELEGATED.labels(result="malformed").inc()
+            return "modify", "bad-request"
+        # The server pushes to this session from now on.
+        self._online.answered_by_server(session)
+        await self._sync_provider(parsed[0])
+        metrics.DELEGATED.labels(result="held").inc()
+        return None
 
     async def _answer_delegated(self, iq: Any) -> None:
         if iq["from"].full != self._domain:
@@ -132,7 +220,7 @@ class DelegatedRosters:
         # Before the wait, so that no change is lost for this client: a sync that finishes
         # while we answer from the store pushes to it (the answering sync's own changes are
         # pushed too, which is redundant but harmless: pushes are idempotent).
-        self._online.track(sender)
+        self._online.answered_by_us(sender)
         try:
             roster, current = await self._roster_provider(sender.user)
         except Exception:  # noqa: BLE001 -- the user must get an answer whatever went wrong

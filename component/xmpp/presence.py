@@ -1,7 +1,7 @@
 """Who is online: the server copies every user's presence to us (XEP-0356 presence).
 
-Also the resources that asked us for their roster (delegated), so that roster pushes reach
-every client that holds a roster.
+Also the sessions whose roster request we answered ourselves (delegated): ours to push to.
+The server pushes to those it answered itself (a request its module held while we synced).
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ class OnlineUsers:
         # makes one user send another, which looks like going offline but is not: callers
         # that must not miss an online user ask for those seen within a while, too.
         self._departed: dict[str, float] = {}
+        # user bare JID -> full JIDs of the sessions we answered. Kept when the link breaks:
+        # the server keeps its sessions, and tells us of those gone (unavailable presence,
+        # or a push request naming them).
+        self._answered: dict[str, set[str]] = {}
         link.handle("user presence", f"{{{STREAM_NS}}}presence", self._on_presence)
         link.on_state(self._on_link)
 
@@ -56,18 +60,28 @@ class OnlineUsers:
         """The full JIDs of ``user`` (a bare JID), sorted."""
         return sorted(self._resources.get(user, ()))
 
+    def answered_resources(self, user: str) -> list[str]:
+        """The full JIDs of ``user`` (a bare JID) whose roster request we answered, sorted."""
+        return sorted(self._answered.get(user, ()))
+
     def track(self, full: JID) -> None:
-        # Online, or asked us for its roster: either way it holds a roster to keep current.
         self._resources.setdefault(full.bare, set()).add(full.full)
         self._departed.pop(full.bare, None)
 
+    def answered_by_us(self, full: JID) -> None:
+        """The session holds the roster we sent it: our pushes keep it current."""
+        self.track(full)
+        self._answered.setdefault(full.bare, set()).add(full.full)
+
+    def answered_by_server(self, full: JID) -> None:
+        """The server answers this session (and pushes to it) itself: a session of that name
+        we answered before is gone."""
+        _discard(self._answered, full)
+
     def forget(self, full: JID) -> None:
-        resources = self._resources.get(full.bare)
-        if resources is not None:
-            resources.discard(full.full)
-            if not resources:
-                del self._resources[full.bare]
-                self._departed[full.bare] = time.monotonic()
+        _discard(self._answered, full)
+        if _discard(self._resources, full):
+            self._departed[full.bare] = time.monotonic()
 
     def _on_link(self, connected: bool) -> None:
         if not connected:
@@ -85,3 +99,15 @@ class OnlineUsers:
         elif kind in {"available", "", *presence.showtypes}:
             self.track(sender)
             self._on_available(sender.user)
+
+
+def _discard(sessions: dict[str, set[str]], full: JID) -> bool:
+    """Remove ``full`` from its user's sessions; True when that left the user none."""
+    resources = sessions.get(full.bare)
+    if resources is None:
+        return False
+    resources.discard(full.full)
+    if resources:
+        return False
+    del sessions[full.bare]
+    return True

@@ -65,16 +65,17 @@ class RosterPusher:
         grants.on_change(self._retry_module)
 
     def push(self, user: str, changes: RosterDiff, version: str) -> None:
-        """Queue pushes for ``changes`` to every resource of ``user`` we know of.
+        """Queue pushes for ``changes`` to every session of ``user`` we answered.
 
-        Only while the server delegates rosters to us: otherwise it pushes our writes itself.
+        The server pushes our writes itself to the sessions it answered (all of them when it
+        does not delegate rosters to us).
         ``version`` is the roster's version (XEP-0237) once all of them are applied: the last
         push carries it, each earlier one a version of its own derived from it (opaque to the
         client, which gets the whole roster if it ever comes back with one of those).
         """
         if not self._delegation.active:
             return
-        resources = self._online.resources(user)
+        resources = self._online.answered_resources(user)
         if not resources:
             return
         count = len(changes.upserts) + len(changes.removals)

@@ -1,5 +1,6 @@
 -- mod_roster_admin_presence: presence, pending subscription requests, delegated clients'
--- roster pushes, and roster reads and writes a user at a time, for the roster component.
+-- roster pushes, roster reads and writes a user at a time, and users' roster requests held
+-- until the user is synced, for the roster component.
 -- Part of http-roster-admin. Works unchanged on Prosody 0.12 and 13.
 --
 -- The component owns every roster of this host. XEP-0356 privileged roster IQs let it read
@@ -114,6 +115,27 @@
 --   answer: <roster xmlns='…' user='alice'><query xmlns='jabber:iq:roster'><item …/>…</query>
 --           <pending><item jid='eve@remote.example'/>…</pending></roster>, items and
 --           requests sorted by JID; item-not-found for a user without an account.
+--
+-- 7. Users' roster requests held while the component syncs the user, then answered by Prosody
+-- from its store. Delegated (XEP-0355), each answer is the whole roster, built by the
+-- component, parsed and forwarded by Prosody: at a login storm most of what a login cost
+-- the server beyond answering itself. Once the component has asked for it:
+--
+--   <iq type='set' to='example.org' id='…'><hold xmlns='…'/></iq>  (answer: empty result)
+--
+-- a client's roster get (type get, to its own account) is held, and the component is asked
+--
+--   <iq type='set' from='example.org' to='roster.example.org' id='…'>
+--     <sync xmlns='…' user='alice' session='alice@example.org/phone'/>
+--   </iq>
+--
+-- Its answer (a result once it has written what changed; an error if it could not) releases
+-- the request to mod_roster, which answers from the roster, now in line, with its own
+-- versions (XEP-0237), and pushes later changes to the session itself. Without an answer
+-- within roster_admin_sync_timeout seconds (default 30), or once the component's session is
+-- gone, the request is answered from the store as it is: the last good roster. Roster sets
+-- are not held (mod_delegation or the firewall rules refuse them). The component asks again
+-- at each connection.
 
 local jid = require "util.jid";
 local st = require "util.stanza";
@@ -638,3 +660,118 @@ on_request("get", "roster", "roster read", parse_read, function(event, username)
 	end
 	event.origin.send(reply);
 end);
+
+-- Users' roster requests held until the component has synced the user.
+
+local now = require "util.time".now;
+
+local SYNC_TIMEOUT = module:get_option_number("roster_admin_sync_timeout", 30);
+
+local holder; -- the component's session, once it has asked for holds (until it goes)
+local held = {}; -- id of our sync request -> { event, deadline }
+local watching = false; -- the watch below is scheduled
+
+-- Lets mod_roster answer a held request from the user's stored roster, now in line.
+local function release(id, outcome)
+	local entry = held[id];
+	if not entry then return; end
+	held[id] = nil;
+	local origin, stanza = entry.event.origin, entry.event.stanza;
+	if origin.destroyed then return; end
+	module:log("debug", "Roster request of %s released (%s)", origin.full_jid, outcome);
+	if not module:fire_event("iq/self/"..ROSTER_NS..":query", entry.event) then
+		origin.send(st.error_reply(stanza, "cancel", "service-unavailable"));
+	end
+end
+
+-- Requests sent to a session that is gone get no answer: theirs are answered at once.
+local function release_all(outcome)
+	local ids = {};
+	for id in pairs(held) do ids[#ids + 1] = id; end
+	for _, id in ipairs(ids) do release(id, outcome); end
+	if #ids > 0 then
+		module:log("warn", "Answered %d held roster request(s) from the store: %s", #ids, outcome);
+	end
+end
+
+local function holding()
+	if holder and holder.destroyed then
+		module:log("info", "%s is gone: roster requests are delegated again", holder.host);
+		holder = nil;
+		release_all("the component went away");
+	end
+	return holder ~= nil;
+end
+
+-- Once a second while requests are held: those past their deadline, or all of them when the
+-- component has gone, are answered from the store (one timer, however many are held).
+local function watch()
+	if holding() then
+		local expired = {};
+		for id, entry in pairs(held) do
+			if entry.deadline <= now() then expired[#expired + 1] = id; end
+		end
+		for _, id in ipairs(expired) do
+			module:log("warn", "No answer from %s within %ds to sync %s: answering from the "
+				.."store", holder.host, SYNC_TIMEOUT, held[id].event.origin.full_jid);
+			release(id, "timed out");
+		end
+	end
+	if next(held) == nil then
+		watching = false;
+		return nil;
+	end
+	return 1;
+end
+
+local function parse_hold(request)
+	if #request.tags > 0 then return nil, "unexpected element <"..request.tags[1].name..">"; end
+	return true;
+end
+
+on_request("set", "hold", "request to hold roster requests", parse_hold, function(event)
+	if holder ~= event.origin then
+		release_all("the component connected again");
+		holder = event.origin;
+		module:log("info", "Holding users' roster requests until %s has synced the user",
+			holder.host);
+	end
+	event.origin.send(st.reply(event.stanza));
+end);
+
+-- A client's roster get: held while the component syncs the user, instead of being
+-- delegated to it (mod_delegation hooks at 2^32). Prosody then answers from its own store,
+-- with its own versions (XEP-0237) and its own pushes to the session: the roster crosses
+-- the component's stream only where it changed, as writes.
+module:hook("iq/bare", function(event)
+	local origin, stanza = event.origin, event.stanza;
+	if not event.to_self or stanza.attr.type ~= "get" or origin.type ~= "c2s" then return; end
+	local query = stanza.tags[1];
+	if #stanza.tags ~= 1 or query.name ~= "query" or query.attr.xmlns ~= ROSTER_NS then return; end
+	if not holding() then return; end
+	local id = new_id();
+	held[id] = { event = event, deadline = now() + SYNC_TIMEOUT };
+	if not watching then
+		watching = true;
+		module:add_timer(1, watch);
+	end
+	module:send(st.iq({ type = "set", from = module.host, to = holder.host, id = id })
+		:tag("sync", { xmlns = NS, user = origin.username, session = origin.full_jid }));
+	return true;
+end, 2^32 + 1);
+
+-- The component's answers to our sync requests, found by id (mod_iq would fire an event per
+-- id, which only per-request hooks could catch).
+module:hook("iq/host", function(event)
+	local stanza = event.stanza;
+	local kind = stanza.attr.type;
+	if (kind ~= "result" and kind ~= "error") or not held[stanza.attr.id] then return; end
+	if event.origin ~= holder then return; end
+	if kind == "error" then
+		local _, condition = stanza:get_error();
+		module:log("warn", "%s could not sync for a held roster request (%s): answering from "
+			.."the store", holder.host, tostring(condition));
+	end
+	release(stanza.attr.id, kind);
+	return true;
+end, 2^32);

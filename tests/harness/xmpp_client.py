@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 NS_ROSTER = "jabber:iq:roster"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+# The shipped Prosody module's namespace (deploy/prosody/mod_roster_admin_presence.lua).
+MODULE_NS = "urn:http-roster-admin:presence:0"
 DEFAULT_TIMEOUT = 10.0
 SUBSCRIPTION_TYPES = frozenset({"subscribe", "subscribed", "unsubscribe", "unsubscribed"})
 
@@ -443,6 +445,9 @@ class TestComponent:
         self.messages: Inbox[ET.Element] = Inbox()
         # Presence the server routes to the component (e.g. under a XEP-0356 presence grant).
         self.presences: Inbox[ET.Element] = Inbox()
+        # The shipped module's requests to sync a user whose roster request it holds: the
+        # test answers them (answer()), or does not.
+        self.sync_requests: Inbox[ET.Element] = Inbox()
         xmpp.register_handler(
             Callback("Test component message", MatchXPath("{jabber:component:accept}message"),
                      lambda msg: self.messages.add(msg.xml))
@@ -451,10 +456,32 @@ class TestComponent:
             Callback("Test component presence", MatchXPath("{jabber:component:accept}presence"),
                      lambda presence: self.presences.add(presence.xml))
         )  # fmt: skip
+        xmpp.register_handler(
+            Callback("Test component sync request",
+                     MatchXPath(f"{{jabber:component:accept}}iq/{{{MODULE_NS}}}sync"),
+                     lambda iq: self.sync_requests.add(iq.xml))
+        )  # fmt: skip
 
     @property
     def jid(self) -> str:
         return str(self.xmpp.boundjid.bare)
+
+    def answer(self, request: ET.Element, condition: str | None = None) -> None:
+        """Answer an iq the server sent us: a result, or an error with ``condition``."""
+        iq = self.xmpp.make_iq(
+            id=request.get("id", ""),
+            ifrom=self.jid,
+            ito=request.get("from"),
+            itype="result" if condition is None else "error",
+        )
+        if condition is not None:
+            iq["error"]["type"] = "cancel"
+            iq["error"]["condition"] = condition
+        iq.send()
+
+    async def disconnect(self) -> None:
+        """Leave the server now (the context manager's exit then does nothing more)."""
+        await _disconnect(self.xmpp)
 
     async def send_iq(
         self,

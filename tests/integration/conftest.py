@@ -225,8 +225,12 @@ async def running_server(
 ) -> AsyncIterator[Server]:
     """The target's server with USERS registered (and nothing else left from other tests)."""
     if target.kind == "prosody":
+        marker = request.node.get_closest_marker("prosody_test_modules")
         server = prosody.ProsodyServer(
-            prosody.require_build(target.build), workdir, delegate_roster=target.delegated
+            prosody.require_build(target.build),
+            workdir,
+            delegate_roster=target.delegated,
+            test_modules=marker.args if marker is not None else (),
         )
         await server.start()
         try:

@@ -4,6 +4,7 @@ subscription requests are listed and cleared, and roster pushes reach the listed
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import xml.etree.ElementTree as ET
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
 
     from tests.harness.prosody import ProsodyServer, ServerFactory
-    from tests.harness.xmpp_client import Received, TestClient, TestComponent
+    from tests.harness.xmpp_client import Received, Roster, TestClient, TestComponent
 
     IqType = Literal["get", "set"]
 
@@ -806,3 +807,69 @@ async def test_a_write_sends_the_presence_its_changes_imply(site: Site) -> None:
     await settle(alice, bob)
     assert not presences_from(bob, alice.bare)
     assert not presences_from(alice, bob.bare)
+
+
+# --- roster requests held until the component has synced the user --------------------------
+
+
+def hold() -> ET.Element:
+    return ET.Element(f"{{{NS}}}hold")
+
+
+async def held_roster_request(site: Site, user: str) -> tuple[TestClient, asyncio.Task[Roster]]:
+    """The component holds roster requests; user logs in and asks for theirs."""
+    assert_empty_result(await site.request(hold()))
+    client = await site.online(user, "phone")
+    return client, asyncio.ensure_future(client.get_roster())
+
+
+async def test_a_roster_request_waits_for_the_sync_and_is_answered_from_the_store(
+    site: Site,
+) -> None:
+    """The component is asked to sync the user (naming the session); what it writes before
+    answering is in the roster the server then answers with."""
+    await site.set_contacts("alice", "bob", "both")
+    client, answer = await held_roster_request(site, "alice")
+    request = await site.component.sync_requests.wait()
+    sync = request.find(f"{{{NS}}}sync")
+    assert sync is not None
+    assert (request.get("from"), request.get("type")) == (site.server.domain, "set")
+    assert (sync.get("user"), sync.get("session")) == ("alice", client.jid)
+    await asyncio.sleep(0.3)
+    assert not answer.done()
+    await site.component.set_roster_item_of(site.jid("alice"), site.jid("carol"), "Carol")
+    site.component.answer(request)
+    assert set(await answer) == {site.jid("bob"), site.jid("carol")}
+
+
+async def test_a_failed_sync_serves_the_stored_roster(site: Site) -> None:
+    """An error from the component: the user gets the roster the server holds."""
+    await site.set_contacts("alice", "bob", "both")
+    _, answer = await held_roster_request(site, "alice")
+    request = await site.component.sync_requests.wait()
+    site.component.answer(request, "internal-server-error")
+    assert set(await answer) == {site.jid("bob")}
+    assert "could not sync for a held roster request" in site.server.log_text()
+
+
+async def test_held_requests_are_answered_when_the_component_goes(site: Site) -> None:
+    """Requests the component will never answer are answered from the store within seconds,
+    not after the sync timeout; later ones are no longer held."""
+    await site.set_contacts("alice", "bob", "both")
+    _, answer = await held_roster_request(site, "alice")
+    await site.component.sync_requests.wait()
+    await site.component.disconnect()
+    async with asyncio.timeout(5):
+        assert set(await answer) == {site.jid("bob")}
+    assert "Answered 1 held roster request(s) from the store" in site.server.log_text()
+
+
+async def test_only_the_component_may_ask_for_holds(site: Site) -> None:
+    """A user asking the host to hold roster requests is refused; nothing is held."""
+    client = await site.online("alice", "phone")
+    with pytest.raises(StanzaError) as refused:
+        await client.send_iq("set", site.server.domain, hold())
+    assert refused.value.condition == "forbidden"
+    async with asyncio.timeout(5):
+        await client.get_roster()
+    assert site.component.sync_requests.items == []

@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from component import stanzas
-from tests.harness.xmpp_client import StanzaError
+from tests.harness.xmpp_client import StanzaError, parse_roster_query
 from tests.integration.conftest import (
     TOKEN,
     System,
@@ -303,10 +303,12 @@ async def test_a_user_waiting_for_a_roster_is_answered_when_the_component_stops(
 
 
 @delegated_only
+@pytest.mark.prosody_test_modules("test_no_hold")
 async def test_a_roster_too_large_for_the_server_is_refused_not_sent(
     alice_roster: System,
 ) -> None:
-    """A roster over max_stanza_bytes gets an error; the link, and other users, carry on."""
+    """Answered by the component (a module that does not hold requests): a roster over
+    max_stanza_bytes gets an error; the link, and other users, carry on."""
     system = alice_roster
     await system.stop_component()
     write_config(
@@ -323,6 +325,34 @@ async def test_a_roster_too_large_for_the_server_is_refused_not_sent(
     assert system.app.readiness.ready
     async with system.client("bob") as bob:
         assert await bob.get_roster() == {jid("carol"): item("Carol")}
+
+
+@delegated_only
+async def test_a_held_roster_request_is_answered_by_the_server_once_synced(
+    alice_roster: System,
+) -> None:
+    """With the shipped module the server holds the request while we sync, then answers from
+    its store: the web app's roster, the server's own versions (XEP-0237), and each change
+    pushed once, by the server alone."""
+    system = alice_roster
+    app = system.app
+    assert app is not None
+    await eventually(lambda: app.delegation.held)
+    async with system.client("alice") as alice:
+        answer = await alice.send_iq("get", alice.bare, stanzas.roster_query())
+        query = answer.find(f"{{{stanzas.ROSTER_NS}}}query")
+        assert query is not None
+        assert parse_roster_query(query) == ALICE_EXPECTED
+        assert (query.get("ver") or "").isdigit()  # Prosody's counter, not our digest
+        again = await alice.send_iq("get", alice.bare, stanzas.roster_query(ver=query.get("ver")))
+        assert len(again) == 0  # the client holds this very roster
+        await alice.send_presence()
+        system.set_roster("alice", {**ALICE_ROSTER, jid("dave"): {"name": "Dave"}})
+        assert (await system.refresh(["alice"]))[0] == 200
+        await alice.wait_for_push(lambda p: jid("dave") in p.items)
+        await asyncio.sleep(0.5)  # a second push, from us, would come within this
+        assert [p for p in alice.pushes.items if jid("dave") in p.items] == [alice.pushes.items[-1]]
+        assert all(p.accepted for p in alice.pushes.items)
 
 
 def apply_pushes(roster: Mapping[str, object], pushes: list[RosterPush]) -> dict[str, object]:

@@ -13,6 +13,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 from slixmpp import Message, Presence
+from slixmpp.jid import JID
 
 from component import stanzas
 from component.errors import IqRefusedError
@@ -55,6 +56,8 @@ class FakeLink:
         # The shipped module's pushes: None answers as a server without it does.
         self.gone: set[str] | None = set()
         self.unsupported = 0  # push requests answered so (not in sent)
+        self.holds = 0  # requests to hold roster requests (not in sent)
+        self.hold_refused = False
 
     def handle(self, name: str, path: str, callback: Callable[[Any], None]) -> None:
         del path
@@ -73,6 +76,11 @@ class FakeLink:
     async def send_iq(self, to: str, iq_type: str, payload: ET.Element) -> ET.Element:
         if self.gate is not None:
             await self.gate.wait()
+        if payload.tag == f"{{{stanzas.PRESENCE_UPDATE_NS}}}hold":
+            self.holds += 1
+            if self.hold_refused:
+                raise IqRefusedError("no module", "feature-not-implemented")
+            return ET.Element("iq", {"type": "result"})
         if payload.tag == f"{{{stanzas.PRESENCE_UPDATE_NS}}}push":
             if self.gone is None:
                 self.unsupported += 1
@@ -233,12 +241,17 @@ def make_delegation(
         roster = provider(username)
         return roster, version(roster)
 
+    async def sync_for(username: str) -> None:
+        await asyncio.sleep(0)
+        provider(username)
+
     return DelegatedRosters(
         link,
         grants,
         online,
         domain=DOMAIN,
         roster_provider=roster_for,
+        sync_provider=sync_for,
         max_stanza_bytes=max_bytes,
         expected=expected,
     )
@@ -258,7 +271,7 @@ async def test_a_users_roster_request_is_answered_with_their_roster(
     inner = inner_answer(await delegation._answer(delegated_get()))
     assert (inner.get("type"), inner.get("to")) == ("result", f"{ALICE}/phone")
     assert list(stanzas.parse_roster_query(inner[0])) == ["bob@x"]
-    assert online.resources(ALICE) == [f"{ALICE}/phone"]
+    assert online.answered_resources(ALICE) == [f"{ALICE}/phone"]
     assert [node for _, node in link.features] == list(
         stanzas.delegation_disco_nodes(stanzas.ROSTER_NS)
     )
@@ -288,7 +301,7 @@ async def test_a_failing_provider_still_answers(
     assert stanzas.error_condition(inner) == "internal-server-error"
 
 
-def test_delegation_is_a_condition_only_when_expected(
+async def test_delegation_is_a_condition_only_when_expected(
     link: FakeLink, grants: Grants, online: OnlineUsers
 ) -> None:
     """Expected and missing: a reason naming the fix; not expected: no condition at all."""
@@ -305,7 +318,7 @@ def test_delegation_is_a_condition_only_when_expected(
 
 
 @pytest.fixture(name="pusher")
-def fixture_pusher(link: FakeLink, grants: Grants, online: OnlineUsers) -> RosterPusher:
+async def fixture_pusher(link: FakeLink, grants: Grants, online: OnlineUsers) -> RosterPusher:
     delegation = make_delegation(link, grants, online, no_contacts)
     link.handlers["advertisements"](message(DOMAIN, PRIVILEGES + DELEGATION))
     return RosterPusher(link, grants, online, delegation)
@@ -343,8 +356,8 @@ async def test_pushes_reach_every_client_in_order(
     """Each resource gets every change; a later change never overtakes an earlier one."""
     if not module:
         link.gone = None
-    link.handlers["user presence"](presence(f"{ALICE}/a"))
-    link.handlers["user presence"](presence(f"{ALICE}/b"))
+    online.answered_by_us(JID(f"{ALICE}/a"))
+    online.answered_by_us(JID(f"{ALICE}/b"))
     link.gate = asyncio.Event()
     pusher.push(ALICE, RosterDiff((Contact("bob@x", "Bob"),), ("carol@x",)), "v9")
     pusher.push(ALICE, RosterDiff((Contact("bob@x", "Robert"),), ()), "v9")
@@ -361,8 +374,8 @@ async def test_the_module_sends_a_users_pushes_for_one_request(
     link: FakeLink, online: OnlineUsers, pusher: RosterPusher
 ) -> None:
     """Two clients, three changes: one request to the users' host, not six privileged IQs."""
-    link.handlers["user presence"](presence(f"{ALICE}/a"))
-    link.handlers["user presence"](presence(f"{ALICE}/b"))
+    online.answered_by_us(JID(f"{ALICE}/a"))
+    online.answered_by_us(JID(f"{ALICE}/b"))
     pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ("carol@x", "dave@x")), "v9")
     await pusher.wait_idle()
     assert [(to, kind) for to, kind, _ in link.sent] == [(DOMAIN, "set")]
@@ -375,7 +388,7 @@ async def test_without_the_module_pushes_go_one_by_one_until_the_grants_come_aga
 ) -> None:
     """A server without the module is asked once; after new grants (a reconnect) again."""
     link.gone = None
-    link.handlers["user presence"](presence(f"{ALICE}/a"))
+    online.answered_by_us(JID(f"{ALICE}/a"))
     for _ in range(2):
         pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ()), "v9")
         await pusher.wait_idle()
@@ -393,7 +406,7 @@ async def test_no_pushes_without_delegation(
 ) -> None:
     """Not delegated, the server pushes our writes itself: we send nothing."""
     pusher = RosterPusher(link, grants, online, make_delegation(link, grants, online, no_contacts))
-    link.handlers["user presence"](presence(f"{ALICE}/a"))
+    online.answered_by_us(JID(f"{ALICE}/a"))
     pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ()), "v9")
     await pusher.wait_idle()
     assert link.sent == []
@@ -404,7 +417,7 @@ async def test_a_client_that_is_gone_gets_no_more_pushes(
     link: FakeLink, online: OnlineUsers, pusher: RosterPusher, module: bool
 ) -> None:
     """A session the server says is gone is forgotten, so later changes are not sent to it."""
-    link.handlers["user presence"](presence(f"{ALICE}/gone"))
+    online.answered_by_us(JID(f"{ALICE}/gone"))
     if module:
         link.gone = {f"{ALICE}/gone"}
     else:
@@ -413,7 +426,7 @@ async def test_a_client_that_is_gone_gets_no_more_pushes(
     pusher.push(ALICE, RosterDiff((Contact("bob@x"), Contact("carol@x")), ()), "v9")
     await pusher.wait_idle()
     assert len(link.sent) == 1
-    assert online.resources(ALICE) == []
+    assert online.answered_resources(ALICE) == []
 
 
 async def test_roster_versions_spare_an_unchanged_roster(
@@ -439,9 +452,108 @@ async def test_the_last_push_carries_the_new_version(
     link: FakeLink, online: OnlineUsers, pusher: RosterPusher
 ) -> None:
     """Every push has a version of its own; the last one the roster's version after all."""
-    link.handlers["user presence"](presence(f"{ALICE}/a"))
+    online.answered_by_us(JID(f"{ALICE}/a"))
     pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ("carol@x", "dave@x")), "v9")
     await pusher.wait_idle()
     versions = [query.get("ver") for query in pushed_queries(link)]
     assert versions[-1] == "v9"
     assert len(set(versions)) == 3
+
+
+# --- roster requests held by the server's module -------------------------------------------
+
+
+def sync_request(user: str = "alice", session: str = f"{ALICE}/phone") -> ET.Element:
+    text = (
+        f"<iq xmlns='{STREAM}' type='set' id='s1'>"
+        f"<sync xmlns='{stanzas.PRESENCE_UPDATE_NS}' user='{user}' session='{session}'/></iq>"
+    )
+    return ET.fromstring(text)  # noqa: S314 -- written here
+
+
+async def test_the_server_is_asked_once_per_connection_to_hold_roster_requests(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """Asked when it delegates rosters to us; asked again after the link came back."""
+    delegation = make_delegation(link, grants, online, no_contacts)
+    link.handlers["advertisements"](message(DOMAIN, PRIVILEGES))
+    await asyncio.sleep(0)
+    assert (link.holds, delegation.held) == (0, False)
+    for _ in range(2):
+        link.handlers["advertisements"](message(DOMAIN, PRIVILEGES + DELEGATION))
+        await asyncio.sleep(0)
+    assert (link.holds, delegation.held) == (1, True)
+    link.set_connected(False)
+    assert not delegation.held
+    link.handlers["advertisements"](message(DOMAIN, DELEGATION))
+    await asyncio.sleep(0)
+    assert (link.holds, delegation.held) == (2, True)
+
+
+async def test_a_server_without_the_module_keeps_delegating(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """An older module refuses to hold: we answer roster requests ourselves."""
+    link.hold_refused = True
+    delegation = make_delegation(link, grants, online, no_contacts)
+    link.handlers["advertisements"](message(DOMAIN, DELEGATION))
+    await asyncio.sleep(0)
+    assert (link.holds, delegation.held) == (1, False)
+
+
+async def test_a_held_request_syncs_the_user_and_the_server_pushes_to_that_session(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """The sync runs before the answer; a session of that name we answered before is no
+    longer ours to push to (the server answers it, and pushes to it)."""
+    synced: list[str] = []
+    delegation = make_delegation(link, grants, online, lambda user: _recorded(synced, user))
+    online.answered_by_us(JID(f"{ALICE}/phone"))
+    online.answered_by_us(JID(f"{ALICE}/laptop"))
+    assert await delegation._sync_for(DOMAIN, sync_request()) is None
+    assert synced == ["alice"]
+    assert online.answered_resources(ALICE) == [f"{ALICE}/laptop"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (f"{ALICE}/phone", sync_request(), ("auth", "forbidden")),
+        (DOMAIN, sync_request(session="bob@example.test/x"), ("modify", "bad-request")),
+        (DOMAIN, sync_request(session="@@"), ("modify", "bad-request")),
+        (DOMAIN, sync_request(user=""), ("modify", "bad-request")),
+    ],
+    ids=["not-the-server", "another-users-session", "bad-jid", "no-user"],
+)
+async def test_a_sync_request_not_from_the_server_or_malformed_is_refused(
+    link: FakeLink,
+    grants: Grants,
+    online: OnlineUsers,
+    case: tuple[str, ET.Element, tuple[str, str]],
+) -> None:
+    """Only the server may ask, for a session of the user named; nothing is synced else."""
+    sender, asked, refusal = case
+    synced: list[str] = []
+    delegation = make_delegation(link, grants, online, lambda user: _recorded(synced, user))
+    assert await delegation._sync_for(sender, asked) == refusal
+    assert synced == []
+
+
+async def test_pushes_go_only_to_sessions_we_answered(
+    link: FakeLink, online: OnlineUsers, pusher: RosterPusher
+) -> None:
+    """A session that is merely online, or that the server answered, gets the server's
+    pushes, not ours: one source of pushes per session."""
+    link.handlers["user presence"](presence(f"{ALICE}/online"))
+    online.answered_by_us(JID(f"{ALICE}/ours"))
+    online.answered_by_us(JID(f"{ALICE}/held"))
+    online.answered_by_server(JID(f"{ALICE}/held"))
+    pusher.push(ALICE, RosterDiff((Contact("bob@x"),), ()), "v9")
+    await pusher.wait_idle()
+    assert pushed(link) == [(f"{ALICE}/ours", "bob@x")]
+
+
+def _recorded(synced: list[str], username: str) -> Roster:
+    """A provider's answer (no contacts) that records who was asked for."""
+    synced.append(username)
+    return {}
