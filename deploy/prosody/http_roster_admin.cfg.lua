@@ -32,10 +32,11 @@
 VirtualHost "example.org"
     modules_enabled = {
         "privilege";  -- XEP-0356: the component reads/writes rosters, sees presence
-        "delegation"; -- XEP-0355: users' roster requests are answered by the component
+        "delegation"; -- XEP-0355: users' roster requests go to the component
         "firewall";   -- blocks subscription stanzas (and, non-delegated, users' roster SETs)
         -- mod_roster_admin_presence.lua: roster reads and writes a user at a time, presence
-        -- between contacts the component adds/removes, pending requests, delegated pushes
+        -- between contacts the component adds/removes, pending requests, delegated pushes,
+        -- and roster GETs held until the component has synced the user (then answered here)
         "roster_admin_presence";
     }
 
