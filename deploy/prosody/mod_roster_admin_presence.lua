@@ -775,3 +775,9 @@ module:hook("iq/host", function(event)
 	release(stanza.attr.id, kind);
 	return true;
 end, 2^32);
+
+-- Unloaded or reloaded (which forgets what is held): nobody would answer those requests.
+-- The component's next roster requests are delegated to it until it asks again.
+function module.unload()
+	release_all("the module was unloaded");
+end

@@ -873,3 +873,17 @@ async def test_only_the_component_may_ask_for_holds(site: Site) -> None:
     async with asyncio.timeout(5):
         await client.get_roster()
     assert site.component.sync_requests.items == []
+
+
+async def test_held_requests_are_answered_when_the_module_is_reloaded(site: Site) -> None:
+    """A reload forgets what is held: those requests are answered from the store first."""
+    await site.set_contacts("alice", "bob", "both")
+    _, answer = await held_roster_request(site, "alice")
+    await site.component.sync_requests.wait()
+    reload = 'require "core.modulemanager".reload("example.test", "roster_admin_presence")'
+    await site.server.shell(reload)
+    async with asyncio.timeout(5):
+        assert set(await answer) == {site.jid("bob")}
+    assert "held roster request(s) from the store: the module was unloaded" in (
+        site.server.log_text()
+    )
