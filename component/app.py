@@ -117,8 +117,9 @@ class Application:
             checker=self.checker,
             online=self.online,
             readiness=self.readiness,
-            # Every sync slot busy, with a queue as long again behind them.
-            parallel=2 * config.sync.concurrency,
+            # Every fetch slot busy, and as many users past their fetch as the write window
+            # can serve (their reads and writes run outside the slots).
+            parallel=config.sync.concurrency + config.sync.write_window,
         )
         self._require_parts()
 

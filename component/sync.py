@@ -160,8 +160,9 @@ class Syncer:
         self._on_change = on_change
         self._clock = clock
         self._slots = asyncio.Semaphore(concurrency)
-        # Writes in flight across all syncs: the server takes many at once far faster than
-        # one by one, up to a point (SERVERS.md: Prosody peaks at 64-128).
+        # Requests to the server in flight across all syncs (reads and writes): the server
+        # takes many at once far faster than one by one, up to a point (SERVERS.md: Prosody
+        # peaks at 64-128).
         self._writes = asyncio.Semaphore(write_window)
         # username -> the roster last brought into the server. A roster the web app sends
         # unchanged then costs no server request, a changed one only its writes; drift behind
@@ -395,12 +396,16 @@ class Syncer:
         failure: StoreError | None = None
         try:
             if known is None:
-                stored = await self._store.read(user)
+                # Within the write window like every request to the server: syncs past their
+                # fetch hold no slot, and the window is what bounds them.
+                async with self._writes:
+                    stored = await self._store.read(user)
                 current = stored.contacts
                 await self._apply(user, diff(current, parsed.roster), applied)
                 if stored.pending_in:
                     # The web app decides every subscription: no request is left waiting.
-                    await self._store.clear_pending(user, sorted(stored.pending_in))
+                    async with self._writes:
+                        await self._store.clear_pending(user, sorted(stored.pending_in))
                     applied.cleared.extend(sorted(stored.pending_in))
             else:
                 # What we applied last is what the server holds (drift is the
@@ -482,7 +487,8 @@ class Syncer:
         if not (added or removed):
             return
         try:
-            await self._store.announce(user, added, removed)
+            async with self._writes:
+                await self._store.announce(user, added, removed)
         except StoreError as exc:
             # The rosters are right; only presence lags until the users next send theirs.
             log.warning("sync.announce_failed", user=user, error=str(exc))

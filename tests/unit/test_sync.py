@@ -263,6 +263,20 @@ async def test_a_sync_writing_leaves_its_slot_to_the_next_fetch(
     assert all(r.ok for r in await asyncio.gather(first, second))
 
 
+async def test_server_requests_stay_within_the_write_window(
+    webapp: ScriptedWebApp, store: MemoryStore
+) -> None:
+    """Reads, writes and announcements of syncs past their fetch (which hold no slot) are
+    what the write window bounds."""
+    webapp.rosters = {f"u{i}": {BOB: Contact(BOB), CAROL: Contact(CAROL)} for i in range(20)}
+    store.write_delay = 0.01
+    syncer = Syncer(webapp, store, DOMAIN, concurrency=8, max_age=0, write_window=3)
+    results = await asyncio.gather(*(syncer.refresh(f"u{i}") for i in range(20)))
+    assert all(r.ok for r in results)
+    assert store.reads == 20
+    assert store.peak_requests == 3
+
+
 async def test_a_failed_sync_still_reports_what_it_wrote(
     syncer: Syncer, store: MemoryStore, changes: list[tuple[str, RosterDiff]]
 ) -> None:
