@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -37,7 +38,6 @@ from component.roster import (
     diff_known,
     digest,
     parse_webapp_roster,
-    version,
 )
 
 if TYPE_CHECKING:
@@ -116,13 +116,13 @@ class _Known:
     source: bytes  # the fingerprint of the web app's answer it came from (ParsedRoster.source)
 
     @classmethod
-    def of(cls, roster: Roster, source: bytes) -> _Known:
+    def of(cls, roster: Roster, roster_digest: bytes, source: bytes) -> _Known:
         items = {sys.intern(jid): hash(c) for jid, c in roster.items()}
-        return cls(digest(roster), items, source)
+        return cls(roster_digest, items, source)
 
-    def before(self) -> dict[str, Contact]:
-        """Stand-ins for the stored contacts: all we know is that each is a "both" one."""
-        return {jid: Contact(jid) for jid in self.items}
+    def subscription(self, jid: str) -> str:
+        """A stored contact's subscription: all we know is that each is a "both" one."""
+        return "both" if jid in self.items else "none"
 
 
 @dataclass(slots=True)
@@ -133,6 +133,7 @@ class _Applied:
     removals: list[str] = field(default_factory=list)
     rejected: set[str] = field(default_factory=set)
     cleared: list[str] = field(default_factory=list)  # pending inbound requests dropped
+    read: Roster = field(default_factory=dict)  # the server's copy, when it was read first
 
     def diff(self) -> RosterDiff:
         return RosterDiff(tuple(self.upserts), tuple(self.removals))
@@ -363,6 +364,15 @@ class Syncer:
             metrics.SYNCS.labels(result="unchanged").inc()
             bound.debug("sync.unchanged", same_answer=True)
             return SyncResult(username, ok=True)
+        return await self._converge(username, parsed, repair=repair, began=began)
+
+    async def _converge(
+        self, username: str, parsed: ParsedRoster, *, repair: bool, began: float
+    ) -> SyncResult:
+        """Bring the server's copy to ``parsed``: nothing to do when that is what we applied
+        last; read it first when we do not know what it holds."""
+        user = self.user_jid(username)
+        bound = log.bind(user=user)
         # Again: forget_all() (or forget()) during the fetch made what we knew void.
         known = None if repair else self._applied.get(username)
         wanted = digest(parsed.roster)
@@ -374,61 +384,35 @@ class Syncer:
                 # is recognized without decoding.
                 self._record(username, dataclasses.replace(known, source=parsed.source))
             return SyncResult(username, ok=True, roster=parsed.roster, version=wanted.hex())
-        return await self._write(username, parsed, known, repair=repair, began=began)
-
-    async def _write(
-        self,
-        username: str,
-        parsed: ParsedRoster,
-        known: _Known | None,
-        *,
-        repair: bool,
-        began: float,
-    ) -> SyncResult:
-        """Bring the server's copy to ``parsed``: read it first unless ``known``."""
-        user = self.user_jid(username)
-        bound = log.bind(user=user)
         memory = self._applied  # where to record the outcome (see forget_all)
         # Until this sync succeeds, what the server holds is not known.
         memory.pop(username, None)
         applied = _Applied()
-        current: Roster = {} if known is None else known.before()
         failure: StoreError | None = None
         try:
-            if known is None:
-                # Within the write window like every request to the server: syncs past their
-                # fetch hold no slot, and the window is what bounds them.
-                async with self._writes:
-                    stored = await self._store.read(user)
-                current = stored.contacts
-                await self._apply(user, diff(current, parsed.roster), applied)
-                if stored.pending_in:
-                    # The web app decides every subscription: no request is left waiting.
-                    async with self._writes:
-                        await self._store.clear_pending(user, sorted(stored.pending_in))
-                    applied.cleared.extend(sorted(stored.pending_in))
-            else:
-                # What we applied last is what the server holds (drift is the
-                # reconciliation's to find): only the changes cost requests.
-                await self._apply(user, diff_known(known.items, parsed.roster), applied)
+            await self._write(user, parsed.roster, known, applied)
         except StoreError as exc:
             failure = exc
-        now = {jid: c for jid, c in parsed.roster.items() if jid not in applied.rejected}
+        now: Roster = parsed.roster
+        if applied.rejected:
+            now = {jid: c for jid, c in now.items() if jid not in applied.rejected}
+            wanted = digest(now)
         # What was written is told to clients even when the sync failed half-way.
         if applied.upserts or applied.removals:
             if self._on_change is not None:
                 # After a failure the roster's version is unknown: a fresh one makes a client
                 # that comes back with it get the whole roster.
-                ver = version(now) if failure is None else uuid.uuid4().hex
+                ver = wanted.hex() if failure is None else uuid.uuid4().hex
                 self._on_change(user, applied.diff(), ver)
-            await self._announce(user, current, applied)
+            was = known.subscription if known is not None else partial(_subscription, applied.read)
+            await self._announce(user, was, applied)
         if repair and (applied.upserts or applied.removals or applied.cleared):
-            _log_repair(bound, current, applied)
+            _log_repair(bound, applied)
         if failure is not None:
             metrics.SYNCS.labels(result="store_failed").inc()
             _log_store_failure(bound, failure)
             return SyncResult(username, ok=False, error=f"server store: {failure}")
-        applied_now = _Known.of(now, parsed.source)
+        applied_now = _Known.of(now, wanted, parsed.source)
         self._record(username, applied_now, memory)
         metrics.SYNCS.labels(result="ok").inc()
         metrics.ITEMS_WRITTEN.inc(len(applied.upserts))
@@ -445,6 +429,28 @@ class Syncer:
             duration_ms=round((time.perf_counter() - began) * 1000, 1),
         )
         return SyncResult(username, ok=True, roster=now, version=applied_now.digest.hex())
+
+    async def _write(
+        self, user: str, roster: Roster, known: _Known | None, applied: _Applied
+    ) -> None:
+        """Write what differs from ``roster``, into ``applied`` as it goes through: only the
+        changes from ``known``, else what differs from the server's copy, read first."""
+        if known is not None:
+            # What we applied last is what the server holds (drift is the reconciliation's
+            # to find): only the changes cost requests.
+            await self._apply(user, diff_known(known.items, roster), applied)
+            return
+        # Within the write window like every request to the server: syncs past their fetch
+        # hold no slot, and the window is what bounds them.
+        async with self._writes:
+            stored = await self._store.read(user)
+        applied.read = stored.contacts
+        await self._apply(user, diff(stored.contacts, roster), applied)
+        if stored.pending_in:
+            # The web app decides every subscription: no request is left waiting.
+            async with self._writes:
+                await self._store.clear_pending(user, sorted(stored.pending_in))
+            applied.cleared.extend(sorted(stored.pending_in))
 
     async def _wanted(
         self, username: str, supplied: _Supplied | None, unless: bytes | None
@@ -476,14 +482,13 @@ class Syncer:
                 raise
             raise FetchError(username, _STOPPING) from None
 
-    async def _announce(self, user: str, before: Roster, applied: _Applied) -> None:
-        """Live presence for contacts whose presence relationship began or ended."""
+    async def _announce(self, user: str, was: Callable[[str], str], applied: _Applied) -> None:
+        """Live presence for contacts whose presence relationship began or ended (``was``: a
+        contact's subscription before the sync)."""
         added = [
-            c.jid
-            for c in applied.upserts
-            if c.subscription == "both" and _subscription(before, c.jid) != "both"
+            c.jid for c in applied.upserts if c.subscription == "both" and was(c.jid) != "both"
         ]
-        removed = [jid for jid in applied.removals if _subscription(before, jid) != "none"]
+        removed = [jid for jid in applied.removals if was(jid) != "none"]
         if not (added or removed):
             return
         try:
@@ -558,8 +563,9 @@ def _describe(contact: Contact | None) -> dict[str, object] | None:
     }
 
 
-def _log_repair(bound: BoundLogger, before: Roster, applied: _Applied) -> None:
+def _log_repair(bound: BoundLogger, applied: _Applied) -> None:
     """One event per repaired user, with each item as it was and as it is now."""
+    before = applied.read
     items = [
         {"jid": c.jid, "was": _describe(before.get(c.jid)), "now": _describe(c)}
         for c in applied.upserts
