@@ -141,20 +141,48 @@ def parse_push_result(result: ET.Element) -> frozenset[str]:
 
 def hold_request() -> ET.Element:
     """Ask the shipped module to hold users' roster requests while we sync the user, then
-    answer them itself from its store (instead of delegating them to us)."""
-    return ET.Element(_q(PRESENCE_UPDATE_NS, "hold"))
+    answer them itself from its store (instead of delegating them to us); ``<batches/>``:
+    it tells us of them, and we it of the users synced, several to a message."""
+    hold = ET.Element(_q(PRESENCE_UPDATE_NS, "hold"))
+    ET.SubElement(hold, _q(PRESENCE_UPDATE_NS, "batches"))
+    return hold
 
 
-def parse_sync_request(iq: ET.Element) -> tuple[str, str] | None:
-    """The username and the session (full JID) of the module's request to sync a user whose
-    roster request it holds, or None when malformed."""
-    request = iq.find(_q(PRESENCE_UPDATE_NS, "sync"))
-    if request is None:
-        return None
-    username, session = request.get("user"), request.get("session")
-    if not username or not session:
-        return None
-    return username, session
+@dataclass(frozen=True, slots=True)
+class HeldRequest:
+    """A user's roster request the module holds until we say the user is synced (by ref)."""
+
+    ref: str
+    username: str
+    session: str
+
+
+def parse_sync_batch(message: ET.Element) -> tuple[list[HeldRequest], list[str]]:
+    """The held requests a module's ``<sync>`` message tells us of, and the refs of those
+    malformed (no user or session): an entry without a ref cannot be answered and is left
+    out of both."""
+    held: list[HeldRequest] = []
+    malformed: list[str] = []
+    batch = message.find(_q(PRESENCE_UPDATE_NS, "sync"))
+    for user in () if batch is None else batch.iter(_q(PRESENCE_UPDATE_NS, "user")):
+        ref, username, session = user.get("ref"), user.get("name"), user.get("session")
+        if not ref:
+            continue
+        if username and session:
+            held.append(HeldRequest(ref, username, session))
+        else:
+            malformed.append(ref)
+    return held, malformed
+
+
+def synced_answer(outcomes: Iterable[tuple[str, str | None]]) -> ET.Element:
+    """Tell the module which held requests' users are synced: (ref, None), or could not be
+    (ref, the error condition); it then answers them from its store."""
+    synced = ET.Element(_q(PRESENCE_UPDATE_NS, "synced"))
+    for ref, condition in outcomes:
+        attrs = {"ref": ref} if condition is None else {"ref": ref, "error": condition}
+        ET.SubElement(synced, _q(PRESENCE_UPDATE_NS, "user"), attrs)
+    return synced
 
 
 def roster_write(username: str, items: Iterable[ET.Element]) -> ET.Element:

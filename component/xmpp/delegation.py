@@ -34,6 +34,9 @@ log = structlog.get_logger(__name__)
 
 # How long answers to users' roster requests may take to finish when we stop.
 _ANSWER_DRAIN = 5.0
+# Synced users per message to the module at most: its refs are 8 characters, so a message
+# stays near 10 KB, far below any stanza size limit.
+_SYNCED_PER_MESSAGE = 256
 
 
 class DelegatedRosters:
@@ -71,10 +74,14 @@ class DelegatedRosters:
             f"{{{STREAM_NS}}}iq/{{{stanzas.DELEGATION_NS}}}delegation",
             self._on_delegated,
         )
+        # Held requests come and are answered several to a message, as many as were held (or
+        # synced) together: an iq and its answer per login cost the server more than the hold.
+        self._synced: list[tuple[str, str | None]] = []
+        self._tell_synced: asyncio.Handle | None = None
         link.handle(
-            "held roster request",
-            f"{{{STREAM_NS}}}iq/{{{stanzas.PRESENCE_UPDATE_NS}}}sync",
-            self._on_sync_request,
+            "held roster requests",
+            f"{{{STREAM_NS}}}message/{{{stanzas.PRESENCE_UPDATE_NS}}}sync",
+            self._on_sync_batch,
         )
         grants.on_change(self._check_unexpected)
         grants.on_change(self._ask_hold)
@@ -142,49 +149,71 @@ class DelegatedRosters:
             return  # never answer a result or an error
         self._spawn(self._answer_delegated(iq))
 
-    def _on_sync_request(self, iq: Any) -> None:
-        if iq["type"] == "set":
-            self._spawn(self._answer_sync(iq))
-
     def _spawn(self, answer: Awaitable[None]) -> None:
         task = asyncio.ensure_future(answer)
         self._answers.add(task)
         task.add_done_callback(self._answers.discard)
 
-    async def _answer_sync(self, iq: Any) -> None:
-        try:
-            refusal = await self._sync_for(iq["from"].full, iq.xml)
-        except BaseException:
-            # Cancelled (we are stopping) or a bug: the server answers from its store now.
-            _send_error(iq, "wait", "internal-server-error")
-            raise
-        if refusal is None:
-            iq.reply(clear=True).send()
-        else:
-            _send_error(iq, *refusal)
-
-    async def _sync_for(self, sender: str, request: ET.Element) -> tuple[str, str] | None:
-        """Sync the user whose roster request the server holds: None once done (the server
-        then answers from its store, so a failed sync serves the last good roster), or the
-        error (type, condition) to refuse the request with."""
+    def _on_sync_batch(self, message: Any) -> None:
+        sender = message["from"].full
         if sender != self._domain:
+            # The module takes word of synced users from us alone: nothing to answer.
             log.warning("xmpp.sync_request_spoofed", sender=sender)
             metrics.DELEGATED.labels(result="spoofed").inc()
-            return "auth", "forbidden"
-        parsed = stanzas.parse_sync_request(request)
+            return
+        held, malformed = stanzas.parse_sync_batch(message.xml)
+        for ref in malformed:
+            log.warning("xmpp.sync_request_malformed", ref=ref, why="no user or session")
+            metrics.DELEGATED.labels(result="malformed").inc()
+            self._synced_one(ref, "bad-request")
+        for request in held:
+            self._spawn(self._answer_sync(request))
+
+    async def _answer_sync(self, request: stanzas.HeldRequest) -> None:
         try:
-            session = JID(parsed[1]) if parsed is not None else None
+            condition = await self._sync_for(request)
+        except BaseException:
+            # Cancelled (we are stopping) or a bug: the server answers from its store now,
+            # told at once (the loop may not run the batched word any more).
+            self._synced_one(request.ref, "internal-server-error")
+            self._send_synced()
+            raise
+        self._synced_one(request.ref, condition)
+
+    async def _sync_for(self, request: stanzas.HeldRequest) -> str | None:
+        """Sync the user whose roster request the server holds: None once done (the server
+        then answers from its store, so a failed sync serves the last good roster), or the
+        error condition to tell the server with."""
+        try:
+            session = JID(request.session)
         except InvalidJID:
             session = None
-        if parsed is None or session is None or session.bare != f"{parsed[0]}@{self._domain}":
-            log.warning("xmpp.sync_request_malformed", request=ET.tostring(request, "unicode"))
+        if session is None or session.bare != f"{request.username}@{self._domain}":
+            log.warning(
+                "xmpp.sync_request_malformed", user=request.username, session=request.session
+            )
             metrics.DELEGATED.labels(result="malformed").inc()
-            return "modify", "bad-request"
+            return "bad-request"
         # The server pushes to this session from now on.
         self._online.answered_by_server(session)
-        await self._sync_provider(parsed[0])
+        await self._sync_provider(request.username)
         metrics.DELEGATED.labels(result="held").inc()
         return None
+
+    def _synced_one(self, ref: str, condition: str | None) -> None:
+        """Tell the server, with the others synced in this turn of the loop."""
+        self._synced.append((ref, condition))
+        if self._tell_synced is None:
+            self._tell_synced = asyncio.get_running_loop().call_soon(self._send_synced)
+
+    def _send_synced(self) -> None:
+        if self._tell_synced is not None:
+            self._tell_synced.cancel()
+            self._tell_synced = None
+        outcomes, self._synced = self._synced, []
+        for start in range(0, len(outcomes), _SYNCED_PER_MESSAGE):
+            batch = outcomes[start : start + _SYNCED_PER_MESSAGE]
+            self._link.send_message(self._domain, stanzas.synced_answer(batch))
 
     async def _answer_delegated(self, iq: Any) -> None:
         if iq["from"].full != self._domain:

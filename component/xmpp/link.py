@@ -54,6 +54,8 @@ class Stream(Protocol):
 
     async def send_iq(self, to: str, iq_type: IqType, payload: ET.Element) -> ET.Element: ...
 
+    def send_message(self, to: str, payload: ET.Element) -> None: ...
+
 
 class ComponentLink:
     """Keeps the stream to the server up (capped backoff) and carries stanzas both ways."""
@@ -126,9 +128,7 @@ class ComponentLink:
         )
         iq.append(payload)
         metrics.SERVER_REQUESTS.labels(kind="iq").inc()
-        # Built and serialized directly: slixmpp's stanza objects cost more than the IQ itself.
-        # Through the send queue, so it keeps its place among stanzas sent the usual way.
-        self._xmpp.send(tostring(iq, xmlns=STREAM_NS, stream=self._xmpp, top_level=True))
+        self._send(iq)
         try:
             async with asyncio.timeout(self._iq_timeout):
                 return await answer
@@ -138,6 +138,20 @@ class ComponentLink:
             ) from None
         finally:
             self._pending.forget(iq_id)
+
+    def send_message(self, to: str, payload: ET.Element) -> None:
+        """Send a message from our domain carrying ``payload``; none without link (the server
+        knows that what we would have said is lost with our stream)."""
+        if not self._connected:
+            return
+        message = ET.Element(f"{{{STREAM_NS}}}message", {"to": to, "from": self.jid})
+        message.append(payload)
+        self._send(message)
+
+    def _send(self, stanza: ET.Element) -> None:
+        # Built and serialized directly: slixmpp's stanza objects cost more than the stanza
+        # itself. Through the send queue, so it keeps its place among stanzas sent otherwise.
+        self._xmpp.send(tostring(stanza, xmlns=STREAM_NS, stream=self._xmpp, top_level=True))
 
     def _answer(self, stanza: Any) -> None:
         self._pending.answer(stanza.xml)

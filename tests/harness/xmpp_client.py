@@ -345,8 +345,14 @@ class TestClient:
         )
         await asyncio.sleep(0)
 
-    async def send_message(self, to: str, body: str) -> None:
-        self.xmpp.send_message(mto=JID(to), mbody=body, mtype="chat")
+    async def send_message(self, to: str, body: str | ET.Element) -> None:
+        """A chat message with this body, or a normal one carrying this payload."""
+        if isinstance(body, str):
+            self.xmpp.send_message(mto=JID(to), mbody=body, mtype="chat")
+        else:
+            message = self.xmpp.make_message(mto=JID(to))
+            message.append(body)
+            message.send()
         await asyncio.sleep(0)
 
 
@@ -445,8 +451,8 @@ class TestComponent:
         self.messages: Inbox[ET.Element] = Inbox()
         # Presence the server routes to the component (e.g. under a XEP-0356 presence grant).
         self.presences: Inbox[ET.Element] = Inbox()
-        # The shipped module's requests to sync a user whose roster request it holds: the
-        # test answers them (answer()), or does not.
+        # The shipped module's messages naming users whose roster requests it holds: the test
+        # says they are synced (synced()), or does not.
         self.sync_requests: Inbox[ET.Element] = Inbox()
         xmpp.register_handler(
             Callback("Test component message", MatchXPath("{jabber:component:accept}message"),
@@ -458,26 +464,24 @@ class TestComponent:
         )  # fmt: skip
         xmpp.register_handler(
             Callback("Test component sync request",
-                     MatchXPath(f"{{jabber:component:accept}}iq/{{{MODULE_NS}}}sync"),
-                     lambda iq: self.sync_requests.add(iq.xml))
+                     MatchXPath(f"{{jabber:component:accept}}message/{{{MODULE_NS}}}sync"),
+                     lambda message: self.sync_requests.add(message.xml))
         )  # fmt: skip
 
     @property
     def jid(self) -> str:
         return str(self.xmpp.boundjid.bare)
 
-    def answer(self, request: ET.Element, condition: str | None = None) -> None:
-        """Answer an iq the server sent us: a result, or an error with ``condition``."""
-        iq = self.xmpp.make_iq(
-            id=request.get("id", ""),
-            ifrom=self.jid,
-            ito=request.get("from"),
-            itype="result" if condition is None else "error",
-        )
-        if condition is not None:
-            iq["error"]["type"] = "cancel"
-            iq["error"]["condition"] = condition
-        iq.send()
+    def synced(self, server: str, refs: Iterable[str], condition: str | None = None) -> None:
+        """Tell the server (its domain), in one message, that the users of these held
+        requests are synced (or, with an error ``condition``, could not be)."""
+        synced = ET.Element(f"{{{MODULE_NS}}}synced")
+        for ref in refs:
+            attrs = {"ref": ref} if condition is None else {"ref": ref, "error": condition}
+            ET.SubElement(synced, f"{{{MODULE_NS}}}user", attrs)
+        message = self.xmpp.make_message(mto=server, mfrom=self.jid)
+        message.append(synced)
+        message.send()
 
     async def disconnect(self) -> None:
         """Leave the server now (the context manager's exit then does nothing more)."""

@@ -813,7 +813,9 @@ async def test_a_write_sends_the_presence_its_changes_imply(site: Site) -> None:
 
 
 def hold() -> ET.Element:
-    return ET.Element(f"{{{NS}}}hold")
+    request = ET.Element(f"{{{NS}}}hold")
+    ET.SubElement(request, f"{{{NS}}}batches")
+    return request
 
 
 async def held_roster_request(site: Site, user: str) -> tuple[TestClient, asyncio.Task[Roster]]:
@@ -823,33 +825,85 @@ async def held_roster_request(site: Site, user: str) -> tuple[TestClient, asynci
     return client, asyncio.ensure_future(client.get_roster())
 
 
+def named(site: Site, request: ET.Element) -> list[ET.Element]:
+    """The held requests (<user/>) a sync message from the server names."""
+    assert request.get("from") == site.server.domain
+    return list(request.iter(f"{{{NS}}}user"))
+
+
 async def test_a_roster_request_waits_for_the_sync_and_is_answered_from_the_store(
     site: Site,
 ) -> None:
-    """The component is asked to sync the user (naming the session); what it writes before
-    answering is in the roster the server then answers with."""
+    """The component is told to sync the user (naming the session); what it writes before
+    saying so is in the roster the server then answers with."""
     await site.set_contacts("alice", "bob", "both")
     client, answer = await held_roster_request(site, "alice")
-    request = await site.component.sync_requests.wait()
-    sync = request.find(f"{{{NS}}}sync")
-    assert sync is not None
-    assert (request.get("from"), request.get("type")) == (site.server.domain, "set")
-    assert (sync.get("user"), sync.get("session")) == ("alice", client.jid)
+    [user] = named(site, await site.component.sync_requests.wait())
+    assert (user.get("name"), user.get("session")) == ("alice", client.jid)
     await asyncio.sleep(0.3)
     assert not answer.done()
     await site.component.set_roster_item_of(site.jid("alice"), site.jid("carol"), "Carol")
-    site.component.answer(request)
+    site.component.synced(site.server.domain, [user.get("ref", "")])
     assert set(await answer) == {site.jid("bob"), site.jid("carol")}
+
+
+async def test_requests_held_together_are_released_by_one_message(site: Site) -> None:
+    """Two users asking at once are named (in one message or two); one message saying both
+    are synced answers both."""
+    assert_empty_result(await site.request(hold()))
+    alice, bob = await site.online("alice", "phone"), await site.online("bob", "phone")
+    answers = asyncio.gather(alice.get_roster(), bob.get_roster())
+    inbox = site.component.sync_requests
+
+    def all_named() -> list[ET.Element]:
+        return [user for request in inbox.items for user in named(site, request)]
+
+    await inbox.wait(lambda _: len(all_named()) >= 2)
+    users = all_named()
+    assert sorted(user.get("name", "") for user in users) == ["alice", "bob"]
+    site.component.synced(site.server.domain, [user.get("ref", "") for user in users])
+    async with asyncio.timeout(5):
+        await answers
 
 
 async def test_a_failed_sync_serves_the_stored_roster(site: Site) -> None:
     """An error from the component: the user gets the roster the server holds."""
     await site.set_contacts("alice", "bob", "both")
     _, answer = await held_roster_request(site, "alice")
-    request = await site.component.sync_requests.wait()
-    site.component.answer(request, "internal-server-error")
+    [user] = named(site, await site.component.sync_requests.wait())
+    site.component.synced(site.server.domain, [user.get("ref", "")], "internal-server-error")
     assert set(await answer) == {site.jid("bob")}
-    assert "could not sync for a held roster request" in site.server.log_text()
+    assert "could not sync alice@example.test/phone for a held roster request" in (
+        site.server.log_text()
+    )
+
+
+async def test_only_the_component_may_say_who_is_synced(site: Site) -> None:
+    """A user's message to the host naming a held request releases nothing."""
+    _, answer = await held_roster_request(site, "alice")
+    [user] = named(site, await site.component.sync_requests.wait())
+    mallory = await site.online("bob", "laptop")
+    synced = ET.Element(f"{{{NS}}}synced")
+    ET.SubElement(synced, f"{{{NS}}}user", {"ref": user.get("ref", "")})
+    await mallory.send_message(site.server.domain, synced)
+    await asyncio.sleep(0.5)
+    assert not answer.done()
+    assert "Dropped sync answers from bob@example.test/laptop" in site.server.log_text()
+    site.component.synced(site.server.domain, [user.get("ref", "")])
+    async with asyncio.timeout(5):
+        await answer
+
+
+async def test_a_component_older_than_batches_is_refused_holds(site: Site) -> None:
+    """A plain <hold/> is bad-request (saying to update the component): nothing is held."""
+    with pytest.raises(StanzaError) as refused:
+        await site.request(ET.Element(f"{{{NS}}}hold"))
+    assert refused.value.condition == "bad-request"
+    assert "update it" in (refused.value.text or "")
+    client = await site.online("alice", "phone")
+    async with asyncio.timeout(5):
+        await client.get_roster()
+    assert site.component.sync_requests.items == []
 
 
 async def test_held_requests_are_answered_when_the_component_goes(site: Site) -> None:

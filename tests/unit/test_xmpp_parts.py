@@ -58,6 +58,7 @@ class FakeLink:
         self.unsupported = 0  # push requests answered so (not in sent)
         self.holds = 0  # requests to hold roster requests (not in sent)
         self.hold_refused = False
+        self.messages: list[tuple[str, ET.Element]] = []  # sent: (to, payload)
 
     def handle(self, name: str, path: str, callback: Callable[[Any], None]) -> None:
         del path
@@ -73,10 +74,14 @@ class FakeLink:
         for listener in self.listeners:
             listener(connected)
 
+    def send_message(self, to: str, payload: ET.Element) -> None:
+        self.messages.append((to, payload))
+
     async def send_iq(self, to: str, iq_type: str, payload: ET.Element) -> ET.Element:
         if self.gate is not None:
             await self.gate.wait()
         if payload.tag == f"{{{stanzas.PRESENCE_UPDATE_NS}}}hold":
+            assert payload.find(f"{{{stanzas.PRESENCE_UPDATE_NS}}}batches") is not None
             self.holds += 1
             if self.hold_refused:
                 raise IqRefusedError("no module", "feature-not-implemented")
@@ -463,12 +468,26 @@ async def test_the_last_push_carries_the_new_version(
 # --- roster requests held by the server's module -------------------------------------------
 
 
-def sync_request(user: str = "alice", session: str = f"{ALICE}/phone") -> ET.Element:
-    text = (
-        f"<iq xmlns='{STREAM}' type='set' id='s1'>"
-        f"<sync xmlns='{stanzas.PRESENCE_UPDATE_NS}' user='{user}' session='{session}'/></iq>"
+def sync_batch(*users: tuple[str, str, str], sender: str = DOMAIN) -> Message:
+    """The module's message naming held requests: (ref, user, session) each."""
+    entries = "".join(
+        f"<user ref='{ref}' name='{user}' session='{session}'/>" for ref, user, session in users
     )
-    return ET.fromstring(text)  # noqa: S314 -- written here
+    return message(sender, f"<sync xmlns='{stanzas.PRESENCE_UPDATE_NS}'>{entries}</sync>")
+
+
+def told_synced(link: FakeLink) -> list[list[tuple[str | None, str | None]]]:
+    """What we told the server, message by message: (ref, error condition) for each user."""
+    told = []
+    for to, payload in link.messages:
+        assert (to, payload.tag) == (DOMAIN, f"{{{stanzas.PRESENCE_UPDATE_NS}}}synced")
+        told.append([(user.get("ref"), user.get("error")) for user in payload])
+    return told
+
+
+async def settled() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
 
 
 async def test_the_server_is_asked_once_per_connection_to_hold_roster_requests(
@@ -501,42 +520,89 @@ async def test_a_server_without_the_module_keeps_delegating(
     assert (link.holds, delegation.held) == (1, False)
 
 
-async def test_a_held_request_syncs_the_user_and_the_server_pushes_to_that_session(
+async def test_held_requests_sync_their_users_and_the_server_is_told_in_one_message(
     link: FakeLink, grants: Grants, online: OnlineUsers
 ) -> None:
-    """The sync runs before the answer; a session of that name we answered before is no
-    longer ours to push to (the server answers it, and pushes to it)."""
+    """Each user named is synced; those synced together are told together. A session of
+    that name we answered before is no longer ours to push to (the server answers it)."""
     synced: list[str] = []
     delegation = make_delegation(link, grants, online, lambda user: _recorded(synced, user))
     online.answered_by_us(JID(f"{ALICE}/phone"))
     online.answered_by_us(JID(f"{ALICE}/laptop"))
-    assert await delegation._sync_for(DOMAIN, sync_request()) is None
-    assert synced == ["alice"]
+    batch = sync_batch(("r1", "alice", f"{ALICE}/phone"), ("r2", "bob", "bob@example.test/x"))
+    link.handlers["held roster requests"](batch)
+    await settled()
+    assert sorted(synced) == ["alice", "bob"]
+    assert told_synced(link) == [[("r1", None), ("r2", None)]]
     assert online.answered_resources(ALICE) == [f"{ALICE}/laptop"]
+    await delegation.stop()
 
 
 @pytest.mark.parametrize(
     "case",
     [
-        (f"{ALICE}/phone", sync_request(), ("auth", "forbidden")),
-        (DOMAIN, sync_request(session="bob@example.test/x"), ("modify", "bad-request")),
-        (DOMAIN, sync_request(session="@@"), ("modify", "bad-request")),
-        (DOMAIN, sync_request(user=""), ("modify", "bad-request")),
+        (("r1", "bob", f"{ALICE}/x"), [[("r1", "bad-request")]]),
+        (("r1", "alice", "@@"), [[("r1", "bad-request")]]),
+        (("r1", "", f"{ALICE}/x"), [[("r1", "bad-request")]]),
+        (("", "alice", f"{ALICE}/x"), []),
     ],
-    ids=["not-the-server", "another-users-session", "bad-jid", "no-user"],
+    ids=["another-users-session", "bad-jid", "no-user", "no-ref"],
 )
-async def test_a_sync_request_not_from_the_server_or_malformed_is_refused(
+async def test_a_malformed_held_request_syncs_nobody_and_is_refused_if_it_can_be(
     link: FakeLink,
     grants: Grants,
     online: OnlineUsers,
-    case: tuple[str, ET.Element, tuple[str, str]],
+    case: tuple[tuple[str, str, str], list[list[tuple[str, str]]]],
 ) -> None:
-    """Only the server may ask, for a session of the user named; nothing is synced else."""
-    sender, asked, refusal = case
+    """The server hears why at once (unless no ref says which request it was)."""
+    entry, told = case
     synced: list[str] = []
-    delegation = make_delegation(link, grants, online, lambda user: _recorded(synced, user))
-    assert await delegation._sync_for(sender, asked) == refusal
-    assert synced == []
+    make_delegation(link, grants, online, lambda user: _recorded(synced, user))
+    link.handlers["held roster requests"](sync_batch(entry))
+    await settled()
+    assert (synced, told_synced(link)) == ([], told)
+
+
+async def test_held_requests_named_by_anyone_but_the_server_are_ignored(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """A user could message us too: nothing is synced, nothing said."""
+    synced: list[str] = []
+    make_delegation(link, grants, online, lambda user: _recorded(synced, user))
+    batch = sync_batch(("r1", "alice", f"{ALICE}/phone"), sender=f"{ALICE}/phone")
+    link.handlers["held roster requests"](batch)
+    await settled()
+    assert (synced, link.messages) == ([], [])
+
+
+async def test_a_held_request_cut_short_is_refused_at_once(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """Stopping while a sync runs: the server hears it failed before we go."""
+    started = asyncio.Event()
+
+    def cancelled(_user: str) -> Roster:
+        started.set()
+        raise asyncio.CancelledError
+
+    make_delegation(link, grants, online, cancelled)
+    link.handlers["held roster requests"](sync_batch(("r1", "alice", f"{ALICE}/phone")))
+    await started.wait()
+    await settled()
+    assert told_synced(link) == [[("r1", "internal-server-error")]]
+
+
+async def test_many_held_requests_are_told_in_bounded_messages(
+    link: FakeLink, grants: Grants, online: OnlineUsers
+) -> None:
+    """However many finish together, each message names at most 256."""
+    make_delegation(link, grants, online, no_contacts)
+    users = [(f"r{n}", f"u{n}", f"u{n}@example.test/x") for n in range(600)]
+    link.handlers["held roster requests"](sync_batch(*users))
+    await settled()
+    told = told_synced(link)
+    assert [len(batch) for batch in told] == [256, 256, 88]
+    assert sorted(str(ref) for batch in told for ref, _ in batch) == sorted(r for r, _, _ in users)
 
 
 async def test_pushes_go_only_to_sessions_we_answered(
