@@ -150,7 +150,7 @@ class Syncer:
         *,
         concurrency: int,
         max_age: float,
-        write_window: int = 64,
+        write_window: int = 128,
         on_change: Callable[[str, RosterDiff, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

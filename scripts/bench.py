@@ -23,7 +23,9 @@ Figures (README, "Benchmarks", says how each is measured):
   own time for the request in between;
 - refresh of the K online users after each lost one contact and gained one: the reply, and
   the moment the clients have every push; the same change made by the server alone (Prosody,
-  not delegated: privileged SETs, and one request per user to the shipped module);
+  not delegated, before the component connects: privileged SETs, and one request per user to
+  the shipped module; delegated, one request per user once the component has stopped), and
+  each run's refresh divided by its own server's;
 - CPU (utime+stime) of the component and the server for each of these, the component's RSS,
   requests to the web app and to the server (the component's component_server_requests_total)
   per user.

@@ -187,7 +187,7 @@ def test_the_shipped_example_config_is_valid() -> None:
     assert (cfg.server.kind, cfg.sync.reconcile_interval, cfg.sync.write_window) == (
         "prosody",
         3600,
-        64,
+        128,
     )
 
 
