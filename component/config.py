@@ -154,7 +154,7 @@ class SyncConfig(_Section):
     max_age: Annotated[float, Field(ge=0)] = 60.0
     concurrency: Annotated[int, Field(ge=1, le=128)] = 16
     # Requests to the server in flight, over all syncs: servers take writes in parallel much
-    # faster than one by one; Prosody peaks at 64-128 (a refresh's pushes: 0.97 times the
+    # faster than one by one; Prosody peaks at 64-128 (a refresh's pushes: 1.00 times the
     # server alone's at 128, 1.12 at 64), and slixmpp slows beyond 128 IQs.
     write_window: Annotated[int, Field(ge=1, le=128)] = 128
     xmpp_timeout: Seconds = 10.0
