@@ -139,6 +139,16 @@ def _xml(element: ET.Element) -> str:
     return ET.tostring(element, encoding="unicode")
 
 
+def synced_payload(refs: Iterable[str], condition: str | None = None) -> ET.Element:
+    """The shipped module's <synced/>: these held requests' users are synced (or, with an
+    error ``condition``, could not be)."""
+    synced = ET.Element(f"{{{MODULE_NS}}}synced")
+    for ref in refs:
+        attrs = {"ref": ref} if condition is None else {"ref": ref, "error": condition}
+        ET.SubElement(synced, f"{{{MODULE_NS}}}user", attrs)
+    return synced
+
+
 def parse_roster_query(query: ET.Element | None) -> Roster:
     """jabber:iq:roster <query/> -> {bare jid: {"name", "groups", "subscription"}}."""
     roster: Roster = {}
@@ -475,12 +485,8 @@ class TestComponent:
     def synced(self, server: str, refs: Iterable[str], condition: str | None = None) -> None:
         """Tell the server (its domain), in one message, that the users of these held
         requests are synced (or, with an error ``condition``, could not be)."""
-        synced = ET.Element(f"{{{MODULE_NS}}}synced")
-        for ref in refs:
-            attrs = {"ref": ref} if condition is None else {"ref": ref, "error": condition}
-            ET.SubElement(synced, f"{{{MODULE_NS}}}user", attrs)
         message = self.xmpp.make_message(mto=server, mfrom=self.jid)
-        message.append(synced)
+        message.append(synced_payload(refs, condition))
         message.send()
 
     async def disconnect(self) -> None:

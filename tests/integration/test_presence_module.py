@@ -18,6 +18,7 @@ from tests.harness.xmpp_client import (
     StanzaError,
     connected_client,
     connected_component,
+    synced_payload,
 )
 
 if TYPE_CHECKING:
@@ -883,8 +884,7 @@ async def test_only_the_component_may_say_who_is_synced(site: Site) -> None:
     _, answer = await held_roster_request(site, "alice")
     [user] = named(site, await site.component.sync_requests.wait())
     mallory = await site.online("bob", "laptop")
-    synced = ET.Element(f"{{{NS}}}synced")
-    ET.SubElement(synced, f"{{{NS}}}user", {"ref": user.get("ref", "")})
+    synced = synced_payload([user.get("ref", "")])
     await mallory.send_message(site.server.domain, synced)
     await asyncio.sleep(0.5)
     assert not answer.done()
