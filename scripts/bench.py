@@ -55,15 +55,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import aiohttp
 from bench_webapp import roster
-from bench_xmpp import BenchClient, connect_client, connect_component, roster_items
+from bench_xmpp import BenchClient, BenchComponent, connect_client, connect_component, roster_items
 
 from tests.harness import ejabberd, prosody
 from tests.harness.component import write_component_config
 from tests.harness.files import replace_once
-from tests.harness.prosody import _storage_name, die_with_parent, free_ports
+from tests.harness.prosody import die_with_parent, free_ports
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
     from tests.harness.component import ComponentTarget
 
@@ -397,26 +397,28 @@ class ProsodyTarget:
         return self.server
 
     async def start(self, usernames: Sequence[str]) -> None:
-        # prosodyctl register takes a Lua process per account: write the account files.
-        self.server.write_config()
-        accounts = self.server.data_dir / _storage_name(DOMAIN) / "accounts"
-        accounts.mkdir(parents=True, exist_ok=True)
-        for name in usernames:
-            (accounts / f"{_storage_name(name)}.dat").write_text(
-                f'return {{\n\t["password"] = "{PASSWORD}";\n}};\n'
-            )
+        self.server.add_accounts(usernames, PASSWORD)
         await self.server.start()
 
     async def stop(self) -> None:
         await self.server.stop()
 
-    async def write(self, window: int, writes: Sequence[Write]) -> Written:
-        # The component's own JID: the harness's Prosody has one Component section.
+    @contextlib.asynccontextmanager
+    async def _privileged(self) -> AsyncIterator[BenchComponent]:
+        """A connection with the component's own JID (the harness's Prosody has one Component
+        section), once the server has granted its privileges."""
         component = await connect_component(
             COMPONENT_JID, COMPONENT_SECRET, self.server.component_port
         )
         try:
             await asyncio.sleep(0.2)  # the server's privilege advertisement and disco queries
+            yield component
+        finally:
+            component.close()
+            await asyncio.wait_for(component.closed, 10)
+
+    async def write(self, window: int, writes: Sequence[Write]) -> Written:
+        async with self._privileged() as component:
 
             async def one(w: Write) -> None:
                 await component.set_roster_item(
@@ -424,9 +426,6 @@ class ProsodyTarget:
                 )
 
             return await _in_window(window, writes, one)
-        finally:
-            component.close()
-            await asyncio.wait_for(component.closed, 10)
 
     async def write_per_user(self, window: int, writes: Sequence[Write]) -> Written:
         """Like write(), each user's writes in one request to the shipped module, as the
@@ -434,20 +433,13 @@ class ProsodyTarget:
         per_user: dict[str, list[Write]] = {}
         for w in writes:
             per_user.setdefault(w.user, []).append(w)
-        component = await connect_component(
-            COMPONENT_JID, COMPONENT_SECRET, self.server.component_port
-        )
-        try:
-            await asyncio.sleep(0.2)
+        async with self._privileged() as component:
 
             async def one(user: str) -> None:
                 items = [(w.contact, w.name, w.groups, w.remove) for w in per_user[user]]
                 await component.write_items(f"{user}@{DOMAIN}", items)
 
             return await _in_window(window, list(per_user), one)
-        finally:
-            component.close()
-            await asyncio.wait_for(component.closed, 10)
 
 
 class EjabberdTarget:

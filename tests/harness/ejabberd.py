@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
 
-from tests.harness.files import replace_once, sub_once, tails
+from tests.harness.files import read_from, replace_once, size, sub_once, tails
 from tests.harness.prosody import die_with_parent, free_ports
 
 if TYPE_CHECKING:
@@ -498,8 +498,8 @@ include_config_file: {_yaml_str(self.deploy_config_path)}
     def _start_once(self, timeout: float) -> None:
         self.write_config()
         self.log_dir.mkdir(exist_ok=True)
-        log_offset = self._size(self.log_path)
-        console_offset = self._size(self.console_path)
+        log_offset = size(self.log_path)
+        console_offset = size(self.console_path)
         began = time.monotonic()
         self._console = self.console_path.open("ab")
         self._process = process = subprocess.Popen(
@@ -521,11 +521,11 @@ include_config_file: {_yaml_str(self.deploy_config_path)}
         ]
         deadline = began + timeout
         while True:
-            output = self._read(self.console_path, console_offset)
+            output = read_from(self.console_path, console_offset)
             if "eaddrinuse" in output:
                 self.stop()
                 raise _PortBusyError(f"{self!r}: a port is taken\n{self.log_tail()}")
-            if all(line in self._read(self.log_path, log_offset) for line in wanted):
+            if all(line in read_from(self.log_path, log_offset) for line in wanted):
                 break
             if process.poll() is not None:
                 self._cleanup()
@@ -538,19 +538,6 @@ include_config_file: {_yaml_str(self.deploy_config_path)}
             time.sleep(_POLL_INTERVAL)
         self._post("status", {})
         self.start_seconds = time.monotonic() - began
-
-    @staticmethod
-    def _size(path: Path) -> int:
-        return path.stat().st_size if path.exists() else 0
-
-    @staticmethod
-    def _read(path: Path, offset: int) -> str:
-        try:
-            with path.open("rb") as file:
-                file.seek(offset)
-                return file.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM (the VM shuts ejabberd down cleanly), wait, then SIGKILL if need be.
@@ -690,10 +677,10 @@ include_config_file: {_yaml_str(self.deploy_config_path)}
 
     def log_size(self) -> int:
         """The log's current length: pass it to log_since() to see what a test caused."""
-        return self._size(self.log_path)
+        return size(self.log_path)
 
     def log_since(self, offset: int) -> str:
-        return self._read(self.log_path, offset)
+        return read_from(self.log_path, offset)
 
     def log_tail(self, lines: int = 60) -> str:
         """The last lines of the VM's console output and of ejabberd's log, for failures."""

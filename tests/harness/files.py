@@ -37,3 +37,18 @@ def tails(paths: Iterable[Path], lines: int, *, empty: str) -> str:
             tail = path.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"--- {path} (last {len(tail)} lines) ---\n" + "\n".join(tail))
     return "\n".join(parts) or empty
+
+
+def size(path: Path) -> int:
+    """The file's length, 0 while it does not exist: where to read on from (read_from)."""
+    return path.stat().st_size if path.exists() else 0
+
+
+def read_from(path: Path, offset: int) -> str:
+    """What the file holds past ``offset`` (a server's log since a start or a test), or ""."""
+    try:
+        with path.open("rb") as file:
+            file.seek(offset)
+            return file.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Self
 
-from tests.harness.files import replace_once, sub_once, tails
+from tests.harness.files import read_from, replace_once, size, sub_once, tails
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -434,7 +434,7 @@ VirtualHost {_lua_str(self.domain)}
 
     async def _start_once(self, timeout: float) -> None:
         self.write_config()
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log_offset = size(self.log_path)
         began = time.monotonic()
         self._console = self.console_path.open("ab")
         self._process = process = await asyncio.create_subprocess_exec(
@@ -457,7 +457,7 @@ VirtualHost {_lua_str(self.domain)}
             wanted.append(f"Activated service 's2s' on [127.0.0.1]:{self.s2s_port}")
         deadline = began + timeout
         while True:
-            log_text = self._read_log(log_offset)
+            log_text = read_from(self.log_path, log_offset)
             if "Failed to open server port" in log_text:
                 await self.stop()
                 raise _PortBusyError(f"{self!r}: a port is taken\n{self.log_tail()}")
@@ -473,14 +473,6 @@ VirtualHost {_lua_str(self.domain)}
                 raise ProsodyError(f"{self!r} not ready after {timeout} s\n{self.log_tail()}")
             await asyncio.sleep(_POLL_INTERVAL)
         self.start_seconds = time.monotonic() - began
-
-    def _read_log(self, offset: int) -> str:
-        try:
-            with self.log_path.open("rb") as log_file:
-                log_file.seek(offset)
-                return log_file.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     async def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM, wait, then SIGKILL if it is still running. Keeps the data directory."""
