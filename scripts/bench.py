@@ -1218,6 +1218,7 @@ def report(bench: Bench) -> str:
         *_bulk_report(bench),
         "",
         *_table(bench),
+        *_within_run_report(bench),
         "",
         "login CPU counts until every client's presence has been handled; per-user counts are",
         "requests divided by the users concerned (N for bulk, K otherwise); '-': not measured.",
@@ -1235,6 +1236,52 @@ def report(bench: Bench) -> str:
         + (": figures are noisy, rerun on a quiet machine" if others > 0.05 else "")
     )
     return "\n".join(lines)
+
+
+#: Issue 7's ratios, each taken within one run (one repeat): a ratio of medians mixes runs
+#: minutes apart, and the machine's speed drifts between them.
+WITHIN_RUN = {
+    "login p50, delegated / not delegated": ("login.p50", "delegated", "not-delegated"),
+    "login p50, delegated / mod_http_roster_admin": ("login.p50", "delegated", "in-server"),
+    "refresh, all pushes / server alone on the same server, delegated": (
+        "refresh.vs_alone_module",
+        "delegated",
+        None,
+    ),
+    "refresh, the same, not delegated": ("refresh.vs_alone_module", "not-delegated", None),
+}
+
+
+def within_run_ratios(bench: Bench) -> dict[str, list[float]]:
+    """Each of WITHIN_RUN's ratios per repeat, in run order (those measured in every run)."""
+    ratios: dict[str, list[float]] = {}
+    for label, (key, top, bottom) in WITHIN_RUN.items():
+        tops = bench.samples.get(top, {}).get(key, [])
+        if bottom is None:
+            found = list(tops)
+        else:
+            bottoms = bench.samples.get(bottom, {}).get(key, [])
+            found = [a / b for a, b in zip(tops, bottoms, strict=False) if b]
+        if found and len(found) == bench.opts.repeats:
+            ratios[label] = found
+    return ratios
+
+
+def _within_run_report(bench: Bench) -> list[str]:
+    ratios = within_run_ratios(bench)
+    if not ratios:
+        return []
+    width = max(len(label) for label in ratios)
+    lines = [
+        "",
+        f"ratios within each run: median over {bench.opts.repeats} run(s) (lowest, highest)",
+    ]
+    for label, values in ratios.items():
+        lines.append(
+            f"  {label:<{width}}  {statistics.median(values):.2f} "
+            f"({min(values):.2f}, {max(values):.2f})"
+        )
+    return lines
 
 
 def _bulk_report(bench: Bench) -> list[str]:
@@ -1557,6 +1604,7 @@ def write_json(runner: Bench, path: str) -> None:
             "webapp_delay": opts.webapp_delay,
         },
         "median": runner.medians(),
+        "within_run": within_run_ratios(runner),
         "samples": runner.samples,
     }
     text = json.dumps(data, indent=2)
