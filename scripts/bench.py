@@ -20,7 +20,8 @@ Figures (README, "Benchmarks", says how each is measured):
 - initial sync of the N offline users (items/s, and as a ratio to that rate), then a refresh
   of the same N users with nothing changed;
 - login: K clients ask for their roster at once; answer latency p50/p95, less the web app's
-  own time for the request in between;
+  own time for the request in between; then the same clients connect and log in again at
+  once, within max_age of those logins' syncs (a reconnect storm);
 - refresh of the K online users after each lost one contact and gained one: the reply, and
   the moment the clients have every push; the same change made by the server alone (Prosody,
   not delegated, before the component connects: privileged SETs, and one request per user to
@@ -714,6 +715,8 @@ class Run:
         self.target: Target = self._target(workdir)
         # When the online users were last synced: logins come once that is max_age ago.
         self.synced_at = 0.0
+        # When the login storm began: the clients log in again within max_age of it.
+        self.login_at = 0.0
 
     def _target(self, workdir: Path) -> Target:
         kind, build = SERVERS[self.opts.server]
@@ -810,6 +813,7 @@ class Run:
             await fleet.connect()
             await self.quiet()
             await self.measure_login(fleet)
+            await self.measure_relogin(fleet)
             await self.measure_refresh(fleet)
             if isinstance(self.target, EjabberdTarget):
                 await self.measure_raw_refresh(fleet)
@@ -993,6 +997,22 @@ class Run:
         # A login after an absence syncs the user (delegated: to answer; not delegated: on
         # presence); one within max_age of the last sync would not.
         await asyncio.sleep(max(0.0, self.synced_at + self.opts.max_age + 0.5 - time.monotonic()))
+        self.login_at = time.monotonic()
+        await self.storm(fleet, "login")
+
+    async def measure_relogin(self, fleet: Fleet) -> None:
+        """The clients connect again and log in at once, within max_age of their logins' syncs
+        (a reconnect storm): delegated, the server answers them alone."""
+        await fleet.close()
+        await fleet.connect()
+        await self.quiet()
+        self.figures["relogin.within_max_age"] = float(
+            time.monotonic() - self.login_at < self.opts.max_age
+        )
+        await self.storm(fleet, "relogin")
+
+    async def storm(self, fleet: Fleet, phase: str) -> None:
+        """Every client asks for its roster at once: ``phase``.p50 etc."""
         await self.bench.webapp.stats(reset=True)
         before = await self.snapshot()
         logins = await fleet.ask_rosters(presence=self.opts.login_presence)
@@ -1010,18 +1030,20 @@ class Run:
         ]
         net = [r - w for r, w in zip(raw, webapp, strict=True)]
         figures = self.figures
-        figures["login.p50"] = statistics.median(net) * 1000
-        figures["login.p95"] = percentile(net, 0.95) * 1000
-        figures["login.raw_p50"] = statistics.median(raw) * 1000
-        figures["login.raw_p95"] = percentile(raw, 0.95) * 1000
-        figures["login.webapp_p50"] = statistics.median(webapp) * 1000
-        figures["login.wrong_rosters"] = sum(login.items != self.opts.contacts for login in logins)
-        figures["login.answer_cpu_server"] = answered.cpu["server"] - before.cpu["server"]
+        figures[f"{phase}.p50"] = statistics.median(net) * 1000
+        figures[f"{phase}.p95"] = percentile(net, 0.95) * 1000
+        figures[f"{phase}.raw_p50"] = statistics.median(raw) * 1000
+        figures[f"{phase}.raw_p95"] = percentile(raw, 0.95) * 1000
+        figures[f"{phase}.webapp_p50"] = statistics.median(webapp) * 1000
+        figures[f"{phase}.wrong_rosters"] = sum(
+            login.items != self.opts.contacts for login in logins
+        )
+        figures[f"{phase}.answer_cpu_server"] = answered.cpu["server"] - before.cpu["server"]
         if "component" in answered.cpu:
-            figures["login.answer_cpu_component"] = (
+            figures[f"{phase}.answer_cpu_component"] = (
                 answered.cpu["component"] - before.cpu["component"]
             )
-        self.record("login", before, after, len(logins))
+        self.record(phase, before, after, len(logins))
 
     async def measure_refresh(self, fleet: Fleet) -> None:
         names = [client.username for client in fleet.clients]
@@ -1169,6 +1191,7 @@ FAILURES = {
     "raw.missing_pushes": "pushed items missing when the server wrote alone",
     "raw_module.missing_pushes": "pushed items missing when the server wrote alone (module)",
     "login.wrong_rosters": "rosters of the wrong size",
+    "relogin.wrong_rosters": "rosters of the wrong size when logging in again",
 }
 
 
@@ -1243,6 +1266,11 @@ def report(bench: Bench) -> str:
 WITHIN_RUN = {
     "login p50, delegated / not delegated": ("login.p50", "delegated", "not-delegated"),
     "login p50, delegated / mod_http_roster_admin": ("login.p50", "delegated", "in-server"),
+    "login again within max_age, p50 delegated / not delegated": (
+        "relogin.p50",
+        "delegated",
+        "not-delegated",
+    ),
     "refresh, all pushes / server alone on the same server, delegated": (
         "refresh.vs_alone_module",
         "delegated",
@@ -1416,6 +1444,13 @@ def _table(bench: Bench) -> list[str]:  # noqa: PLR0915 -- one statement per row
     row("CPU server until answered (s)", "login.answer_cpu_server", ".2f")
     row("CPU component until answered (s)", "login.answer_cpu_component", ".2f")
     costs("login")
+    lines.append(f"the {k} log in again at once, within max_age of those logins' syncs")
+    row("answer p50, less the web app (ms)", "relogin.p50", ".1f")
+    row("answer p95, less the web app (ms)", "relogin.p95", ".1f")
+    row("CPU server until answered (s)", "relogin.answer_cpu_server", ".2f")
+    row("CPU component until answered (s)", "relogin.answer_cpu_component", ".2f")
+    row("within max_age (1: yes; else raise --max-age)", "relogin.within_max_age", ".0f")
+    costs("relogin")
     lines.append("component memory (MiB)")
     row("RSS idle", "rss.idle", ".1f")
     row("RSS after the initial sync", "initial.rss", ".1f")
