@@ -1002,7 +1002,8 @@ class Run:
 
     async def measure_relogin(self, fleet: Fleet) -> None:
         """The clients connect again and log in at once, within max_age of their logins' syncs
-        (a reconnect storm): delegated, the server answers them alone."""
+        (a reconnect storm): no fetch is due; delegated, the component says at once that the
+        user is synced."""
         await fleet.close()
         await fleet.connect()
         await self.quiet()
