@@ -941,3 +941,70 @@ async def test_held_requests_are_answered_when_the_module_is_reloaded(site: Site
     assert "held roster request(s) from the store: the module was unloaded" in (
         site.server.log_text()
     )
+
+
+async def set_answered_pause(site: Site, seconds: float) -> None:
+    """roster_admin_answered_pause, as an operator would set it (read when the module loads):
+    the module is reloaded and the component asks for holds again."""
+    await site.server.shell(
+        f'require "core.configmanager".set("{site.server.domain}", '
+        f'"roster_admin_answered_pause", {seconds}); '
+        f'require "core.modulemanager".reload("{site.server.domain}", "roster_admin_presence")'
+    )
+    assert_empty_result(await site.request(hold()))
+
+
+async def answered_while_bob_is_held(site: Site) -> tuple[TestClient, str, asyncio.Task[Roster]]:
+    """Alice is answered while Bob's request is still held, then sends Carol a message: Carol,
+    the message's body, and Bob's answer to come."""
+    carol = await site.online("carol", "lab")
+    alice, bob = await site.online("alice", "phone"), await site.online("bob", "phone")
+    inbox = site.component.sync_requests
+    bob_answer = asyncio.ensure_future(bob.get_roster())
+    [bob_user] = named(site, await inbox.wait(lambda r: bool(named(site, r))))
+    assert bob_user.get("name") == "bob"
+    alice_answer = asyncio.ensure_future(alice.get_roster())
+    [alice_user] = named(site, await inbox.wait(lambda r: named(site, r)[0].get("name") == "alice"))
+    site.component.synced(site.server.domain, [alice_user.get("ref", "")])
+    async with asyncio.timeout(5):
+        await alice_answer
+    await alice.send_message(carol.jid, "sent once answered")
+    return carol, "sent once answered", bob_answer
+
+
+async def test_a_client_answered_while_others_are_held_is_read_once_they_are_answered(
+    site: Site,
+) -> None:
+    """What Alice sends once answered (as clients send their presence) waits until Bob's
+    request, held before hers was answered, is answered too."""
+    await set_answered_pause(site, 60)
+    carol, body, bob_answer = await answered_while_bob_is_held(site)
+    await asyncio.sleep(0.5)
+    assert not [m for m in carol.messages.items if m.body == body]
+    [bob_user] = named(site, site.component.sync_requests.items[0])
+    site.component.synced(site.server.domain, [bob_user.get("ref", "")])
+    async with asyncio.timeout(5):
+        await bob_answer
+    await carol.wait_for_message(has_body(body))
+
+
+async def test_an_answered_client_is_read_again_after_the_pause_limit(site: Site) -> None:
+    """Bob's sync never ends: Alice waits roster_admin_answered_pause (1 s), not for Bob."""
+    assert_empty_result(await site.request(hold()))
+    carol, body, bob_answer = await answered_while_bob_is_held(site)
+    await asyncio.sleep(0.3)
+    assert not [m for m in carol.messages.items if m.body == body]
+    await carol.wait_for_message(has_body(body))
+    assert not bob_answer.done()
+
+
+async def test_answered_clients_are_read_again_when_the_module_is_reloaded(site: Site) -> None:
+    """The module's timers go with it: a paused client is resumed at unload, not left."""
+    await set_answered_pause(site, 60)
+    carol, body, bob_answer = await answered_while_bob_is_held(site)
+    await asyncio.sleep(0.3)
+    assert not [m for m in carol.messages.items if m.body == body]
+    await set_answered_pause(site, 60)
+    await carol.wait_for_message(has_body(body))
+    async with asyncio.timeout(5):
+        await bob_answer  # answered from the store at the reload
