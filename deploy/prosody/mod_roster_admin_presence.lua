@@ -148,14 +148,13 @@
 --
 -- A client answered while other requests are still held is not read from until none are
 -- held and Prosody has nothing else to do, for at most roster_admin_answered_pause seconds
--- (default 1; 0: never). In a storm of logins each client answered sends its presence at once, which
--- Prosody routes (to every contact, probes answered) before it reads the component's word
--- on the users still held: it reads one ready connection per turn, round all of them, and
--- each round grew by those clients' presence (traced: 132 of 500 answered by 300 ms, the
--- rest about 600 and 900 ms, although the component had answered all by 308 ms). Answering
--- itself, Prosody answers the requests it has read before any presence that follows them;
--- this keeps that order. A BOSH session's connection is its latest HTTP request's, not its
--- stream: it is never paused.
+-- (default 1; 0: never). Answering from its store, Prosody answers each request as it reads
+-- it, before the presence the client sends once answered. Held, requests read earlier waited
+-- behind that presence: in a storm of logins each answered client's presence is routed (to
+-- every contact, probes answered) while Prosody reads one ready connection per turn, so each
+-- round of them grew, and the component's word on the users still held was read once a
+-- round. A BOSH session's connection is its latest HTTP request's, not its stream: it is
+-- never paused.
 
 local jid = require "util.jid";
 local st = require "util.stanza";
@@ -699,7 +698,7 @@ local unsent = {}; -- held requests the component has not been told of yet (<use
 local sending = false; -- the send below is scheduled
 local watching = false; -- the watch below is scheduled
 local paused = {}; -- sessions answered while others were held, oldest first: { session, since }
-local first_paused = 1; -- index in paused of the oldest still paused
+local first_paused, last_paused = 1, 0; -- paused[first_paused .. last_paused] still are
 local resuming = false; -- the resume below is scheduled
 
 local function resume(entry)
@@ -708,14 +707,19 @@ local function resume(entry)
 end
 
 local function resume_all()
-	for i = first_paused, #paused do resume(paused[i]); end
-	paused, first_paused = {}, 1;
+	if first_paused > last_paused then return; end
+	module:log("debug", "Reading again from %d client(s) answered while others were held",
+		last_paused - first_paused + 1);
+	for i = first_paused, last_paused do resume(paused[i]); end
+	paused, first_paused, last_paused = {}, 1, 0;
 end
 
 -- Those paused for PAUSE_MAX (the oldest come first).
 local function resume_overdue()
 	local entry = paused[first_paused];
-	while entry and now() - entry.since >= PAUSE_MAX do
+	while first_paused <= last_paused and now() - entry.since >= PAUSE_MAX do
+		module:log("debug", "Reading again from %s after %ss, others still held",
+			tostring(entry.session.full_jid), tostring(PAUSE_MAX));
 		resume(entry);
 		paused[first_paused] = nil;
 		first_paused = first_paused + 1;
@@ -725,7 +729,7 @@ end
 
 -- Once nothing is held: when Prosody has nothing else to do (timers run only then).
 local function resume_when_idle()
-	if resuming or next(held) ~= nil or paused[first_paused] == nil then return; end
+	if resuming or next(held) ~= nil or first_paused > last_paused then return; end
 	resuming = true;
 	module:add_timer(0, function()
 		resuming = false;
@@ -739,7 +743,8 @@ local function pause_answered(origin)
 		return;
 	end
 	conn:pause();
-	paused[#paused + 1] = { session = origin, since = now() };
+	last_paused = last_paused + 1;
+	paused[last_paused] = { session = origin, since = now() };
 end
 
 -- Lets mod_roster answer a held request from the user's stored roster, now in line.
@@ -793,7 +798,7 @@ local function watch()
 			release(ref, "timed out");
 		end
 	end
-	if next(held) == nil and paused[first_paused] == nil then
+	if next(held) == nil and first_paused > last_paused then
 		watching = false;
 		return nil;
 	end

@@ -954,22 +954,31 @@ async def set_answered_pause(site: Site, seconds: float) -> None:
     assert_empty_result(await site.request(hold()))
 
 
-async def answered_while_bob_is_held(site: Site) -> tuple[TestClient, str, asyncio.Task[Roster]]:
-    """Alice is answered while Bob's request is still held, then sends Carol a message: Carol,
-    the message's body, and Bob's answer to come."""
-    carol = await site.online("carol", "lab")
-    alice, bob = await site.online("alice", "phone"), await site.online("bob", "phone")
-    inbox = site.component.sync_requests
+async def hold_bob(site: Site) -> tuple[TestClient, asyncio.Future[Roster]]:
+    """Carol is online and Bob's roster request is held: Carol, and Bob's answer to come."""
+    carol, bob = await site.online("carol", "lab"), await site.online("bob", "phone")
     bob_answer = asyncio.ensure_future(bob.get_roster())
-    [bob_user] = named(site, await inbox.wait(lambda r: bool(named(site, r))))
-    assert bob_user.get("name") == "bob"
-    alice_answer = asyncio.ensure_future(alice.get_roster())
-    [alice_user] = named(site, await inbox.wait(lambda r: named(site, r)[0].get("name") == "alice"))
-    site.component.synced(site.server.domain, [alice_user.get("ref", "")])
+    [user] = named(site, await site.component.sync_requests.wait(lambda r: bool(named(site, r))))
+    assert user.get("name") == "bob"
+    return carol, bob_answer
+
+
+async def answered_then_sends(site: Site, user: str, to: TestClient) -> str:
+    """user logs in, is answered (Bob still held), then sends a message to `to`: its body."""
+    client = await site.online(user, "phone")
+    answer = asyncio.ensure_future(client.get_roster())
+    inbox = site.component.sync_requests
+    [held] = named(site, await inbox.wait(lambda r: named(site, r)[0].get("name") == user))
+    site.component.synced(site.server.domain, [held.get("ref", "")])
     async with asyncio.timeout(5):
-        await alice_answer
-    await alice.send_message(carol.jid, "sent once answered")
-    return carol, "sent once answered", bob_answer
+        await answer
+    body = f"{user} once answered"
+    await client.send_message(to.jid, body)
+    return body
+
+
+def got(client: TestClient, body: str) -> bool:
+    return any(m.body == body for m in client.messages.items)
 
 
 async def test_a_client_answered_while_others_are_held_is_read_once_they_are_answered(
@@ -978,9 +987,10 @@ async def test_a_client_answered_while_others_are_held_is_read_once_they_are_ans
     """What Alice sends once answered (as clients send their presence) waits until Bob's
     request, held before hers was answered, is answered too."""
     await set_answered_pause(site, 60)
-    carol, body, bob_answer = await answered_while_bob_is_held(site)
+    carol, bob_answer = await hold_bob(site)
+    body = await answered_then_sends(site, "alice", carol)
     await asyncio.sleep(0.5)
-    assert not [m for m in carol.messages.items if m.body == body]
+    assert not got(carol, body)
     [bob_user] = named(site, site.component.sync_requests.items[0])
     site.component.synced(site.server.domain, [bob_user.get("ref", "")])
     async with asyncio.timeout(5):
@@ -989,21 +999,26 @@ async def test_a_client_answered_while_others_are_held_is_read_once_they_are_ans
 
 
 async def test_an_answered_client_is_read_again_after_the_pause_limit(site: Site) -> None:
-    """Bob's sync never ends: Alice waits roster_admin_answered_pause (1 s), not for Bob."""
+    """Bob's sync never ends: Alice waits roster_admin_answered_pause (1 s), not for Bob; so
+    does Dave, answered after that."""
+    await site.server.register("dave", PASSWORD)
     assert_empty_result(await site.request(hold()))
-    carol, body, bob_answer = await answered_while_bob_is_held(site)
-    await asyncio.sleep(0.3)
-    assert not [m for m in carol.messages.items if m.body == body]
-    await carol.wait_for_message(has_body(body))
+    carol, bob_answer = await hold_bob(site)
+    for user in ("alice", "dave"):
+        body = await answered_then_sends(site, user, carol)
+        await asyncio.sleep(0.3)
+        assert not got(carol, body)
+        await carol.wait_for_message(has_body(body))
     assert not bob_answer.done()
 
 
 async def test_answered_clients_are_read_again_when_the_module_is_reloaded(site: Site) -> None:
     """The module's timers go with it: a paused client is resumed at unload, not left."""
     await set_answered_pause(site, 60)
-    carol, body, bob_answer = await answered_while_bob_is_held(site)
+    carol, bob_answer = await hold_bob(site)
+    body = await answered_then_sends(site, "alice", carol)
     await asyncio.sleep(0.3)
-    assert not [m for m in carol.messages.items if m.body == body]
+    assert not got(carol, body)
     await set_answered_pause(site, 60)
     await carol.wait_for_message(has_body(body))
     async with asyncio.timeout(5):
