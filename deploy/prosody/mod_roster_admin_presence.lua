@@ -126,7 +126,8 @@
 --
 -- a client's roster get (type get, to its own account) is held, and the component is told,
 -- in one message for up to 32 requests held since the last (an iq and its answer per login
--- cost Prosody more than the login's hold), sent once 32 are held or Prosody is idle:
+-- cost Prosody more than the login's hold), sent once 32 are held or at Prosody's next turn
+-- of timers:
 --
 --   <message from='example.org' to='roster.example.org'>
 --     <sync xmlns='…'><user name='alice' session='alice@example.org/phone' ref='…'/>…</sync>
@@ -147,14 +148,16 @@
 -- connection.
 --
 -- A client answered while other requests are still held is not read from until none are
--- held and Prosody has nothing else to do, for at most roster_admin_answered_pause seconds
--- (default 1; 0: never). Answering from its store, Prosody answers each request as it reads
+-- held and every answer given meanwhile has been written out, for at most
+-- roster_admin_answered_pause seconds (default 1; 0: never). Answering from its store, Prosody answers each request as it reads
 -- it, before the presence the client sends once answered. Held, requests read earlier waited
 -- behind that presence: in a storm of logins each answered client's presence is routed (to
 -- every contact, probes answered) while Prosody reads one ready connection per turn, so each
 -- round of them grew, and the component's word on the users still held was read once a
--- round. A BOSH session's connection is its latest HTTP request's, not its stream: it is
--- never paused.
+-- round. Once all are read again, each one's presence is routed in turn, and an answer still
+-- waiting to be written waited behind hundreds of them (over a second in a storm of 500).
+-- A BOSH session's connection is its latest HTTP request's, not its stream: it is never
+-- paused.
 
 local jid = require "util.jid";
 local st = require "util.stanza";
@@ -685,9 +688,10 @@ end);
 local now = require "util.time".now;
 
 local SYNC_TIMEOUT = module:get_option_number("roster_admin_sync_timeout", 30);
--- Requests per message at most. Prosody runs timers only once no connection is ready, so
--- through a login storm it is this count, not the timer below, that sends them: at ~0.6 ms
--- to read and hold a request, the first of 32 waits ~20 ms for the others.
+-- Requests per message at most. Prosody runs timers between batches of ready connections
+-- (0.12 once none is ready; 13 after each batch of up to 256, as its poller returns at once
+-- from a wait of 0), so through a login storm it is mostly this count, not the timer below,
+-- that sends them: at ~0.6 ms to read and hold a request, the first of 32 waits ~20 ms.
 local BATCH_MAX = 32;
 
 local PAUSE_MAX = module:get_option_number("roster_admin_answered_pause", 1);
@@ -699,7 +703,15 @@ local sending = false; -- the send below is scheduled
 local watching = false; -- the watch below is scheduled
 local paused = {}; -- sessions answered while others were held, oldest first: { session, since }
 local first_paused, last_paused = 1, 0; -- paused[first_paused .. last_paused] still are
+local unwritten, unwritten_count = {}, 0; -- paused sessions whose answer is not written out yet
 local resuming = false; -- the resume below is scheduled
+
+local function written(session)
+	if not unwritten[session] then return false; end
+	unwritten[session] = nil;
+	unwritten_count = unwritten_count - 1;
+	return true;
+end
 
 local function resume(entry)
 	local session = entry.session;
@@ -712,6 +724,7 @@ local function resume_all()
 		last_paused - first_paused + 1);
 	for i = first_paused, last_paused do resume(paused[i]); end
 	paused, first_paused, last_paused = {}, 1, 0;
+	unwritten, unwritten_count = {}, 0;
 end
 
 -- Those paused for PAUSE_MAX (the oldest come first).
@@ -721,31 +734,46 @@ local function resume_overdue()
 		module:log("debug", "Reading again from %s after %ss, others still held",
 			tostring(entry.session.full_jid), tostring(PAUSE_MAX));
 		resume(entry);
+		written(entry.session);
 		paused[first_paused] = nil;
 		first_paused = first_paused + 1;
 		entry = paused[first_paused];
 	end
 end
 
--- Once nothing is held: when Prosody has nothing else to do (timers run only then).
+-- Once nothing is held and every answer is written out: at Prosody's next turn of timers.
 local function resume_when_idle()
-	if resuming or next(held) ~= nil or first_paused > last_paused then return; end
+	if resuming or next(held) ~= nil or unwritten_count > 0 or first_paused > last_paused then
+		return;
+	end
 	resuming = true;
 	module:add_timer(0, function()
 		resuming = false;
-		if next(held) == nil then resume_all(); end
+		if next(held) == nil and unwritten_count == 0 then resume_all(); end
 	end);
 end
 
-local function pause_answered(origin)
+local function pausable(origin)
 	local conn = origin.conn;
-	if PAUSE_MAX <= 0 or next(held) == nil or origin.bosh_version or not (conn and conn.pause) then
-		return;
-	end
-	conn:pause();
+	return PAUSE_MAX > 0 and next(held) ~= nil and not origin.bosh_version
+		and conn ~= nil and conn.pause ~= nil;
+end
+
+local function pause(origin)
+	origin.conn:pause();
 	last_paused = last_paused + 1;
 	paused[last_paused] = { session = origin, since = now() };
 end
+
+-- mod_c2s says so once a session's connection has written out all it had to send.
+module:hook("c2s-ondrain", function(event)
+	if written(event.session) then resume_when_idle(); end
+end);
+
+-- A session closed before its answer was written out never drains.
+module:hook("resource-unbind", function(event)
+	if written(event.session) then resume_when_idle(); end
+end);
 
 -- Lets mod_roster answer a held request from the user's stored roster, now in line.
 local function release(ref, outcome)
@@ -755,10 +783,16 @@ local function release(ref, outcome)
 	local origin, stanza = entry.event.origin, entry.event.stanza;
 	if origin.destroyed then return; end
 	module:log("debug", "Roster request of %s released (%s)", origin.full_jid, outcome);
+	local pausing = pausable(origin);
+	if pausing and not unwritten[origin] then
+		-- Before the answer: a connection that writes at once (opportunistic_writes) drains in it.
+		unwritten[origin] = true;
+		unwritten_count = unwritten_count + 1;
+	end
 	if not module:fire_event("iq/self/"..ROSTER_NS..":query", entry.event) then
 		origin.send(st.error_reply(stanza, "cancel", "service-unavailable"));
 	end
-	pause_answered(origin);
+	if pausing then pause(origin); end
 	resume_overdue();
 	resume_when_idle();
 end
@@ -787,6 +821,7 @@ end
 -- component has gone, are answered from the store (one timer, however many are held).
 local function watch()
 	resume_overdue();
+	resume_when_idle(); -- an answer that never drained was just given up on
 	if holding() then
 		local expired = {};
 		for ref, entry in pairs(held) do
@@ -854,7 +889,7 @@ module:hook("iq/bare", function(event)
 		send_syncs();
 	elseif not sending then
 		sending = true;
-		module:add_timer(0, send_syncs); -- once Prosody has nothing else to do
+		module:add_timer(0, send_syncs); -- at Prosody's next turn of timers
 	end
 	return true;
 end, 2^32 + 1);
