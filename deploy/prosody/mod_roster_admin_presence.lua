@@ -148,15 +148,17 @@
 -- connection.
 --
 -- A client answered while other requests are still held is not read from until none are
--- held and every answer given meanwhile has been written out, for at most
--- roster_admin_answered_pause seconds (default 1; 0: never). Answering from its store, Prosody answers each request as it reads
+-- held and every answer has been written out (mod_c2s's c2s-ondrain), for at most
+-- roster_admin_answered_pause seconds (default 1; 0: never; an answer a client does not read
+-- is waited for as long). Answering from its store, Prosody answers each request as it reads
 -- it, before the presence the client sends once answered. Held, requests read earlier waited
 -- behind that presence: in a storm of logins each answered client's presence is routed (to
 -- every contact, probes answered) while Prosody reads one ready connection per turn, so each
 -- round of them grew, and the component's word on the users still held was read once a
--- round. Once all are read again, each one's presence is routed in turn, and an answer still
--- waiting to be written waited behind hundreds of them (over a second in a storm of 500).
--- A BOSH session's connection is its latest HTTP request's, not its stream: it is never
+-- round. Once all are read again, their presence is routed one by one; Prosody 13 runs timers
+-- between batches of ready connections, not only when none is ready, so an answer not yet
+-- written out waited behind up to 256 of them (over a second in a storm of 500 logins). A
+-- BOSH session's connection is its latest HTTP request's, not its stream: it is never
 -- paused.
 
 local jid = require "util.jid";
@@ -703,7 +705,7 @@ local sending = false; -- the send below is scheduled
 local watching = false; -- the watch below is scheduled
 local paused = {}; -- sessions answered while others were held, oldest first: { session, since }
 local first_paused, last_paused = 1, 0; -- paused[first_paused .. last_paused] still are
-local unwritten, unwritten_count = {}, 0; -- paused sessions whose answer is not written out yet
+local unwritten, unwritten_count = {}, 0; -- session -> since when its answer waits to be written
 local resuming = false; -- the resume below is scheduled
 
 local function written(session)
@@ -734,7 +736,6 @@ local function resume_overdue()
 		module:log("debug", "Reading again from %s after %ss, others still held",
 			tostring(entry.session.full_jid), tostring(PAUSE_MAX));
 		resume(entry);
-		written(entry.session);
 		paused[first_paused] = nil;
 		first_paused = first_paused + 1;
 		entry = paused[first_paused];
@@ -753,10 +754,19 @@ local function resume_when_idle()
 	end);
 end
 
+-- Answers not written out within PAUSE_MAX (a client that stopped reading) are waited for no
+-- longer.
+local function give_up_unwritten()
+	local given_up = now() - PAUSE_MAX;
+	for session, since in pairs(unwritten) do
+		if since <= given_up then written(session); end
+	end
+end
+
+-- Whose answers are waited for, and who may be paused.
 local function pausable(origin)
 	local conn = origin.conn;
-	return PAUSE_MAX > 0 and next(held) ~= nil and not origin.bosh_version
-		and conn ~= nil and conn.pause ~= nil;
+	return PAUSE_MAX > 0 and not origin.bosh_version and conn ~= nil and conn.pause ~= nil;
 end
 
 local function pause(origin)
@@ -786,13 +796,13 @@ local function release(ref, outcome)
 	local pausing = pausable(origin);
 	if pausing and not unwritten[origin] then
 		-- Before the answer: a connection that writes at once (opportunistic_writes) drains in it.
-		unwritten[origin] = true;
+		unwritten[origin] = now();
 		unwritten_count = unwritten_count + 1;
 	end
 	if not module:fire_event("iq/self/"..ROSTER_NS..":query", entry.event) then
 		origin.send(st.error_reply(stanza, "cancel", "service-unavailable"));
 	end
-	if pausing then pause(origin); end
+	if pausing and next(held) ~= nil then pause(origin); end
 	resume_overdue();
 	resume_when_idle();
 end
@@ -821,7 +831,8 @@ end
 -- component has gone, are answered from the store (one timer, however many are held).
 local function watch()
 	resume_overdue();
-	resume_when_idle(); -- an answer that never drained was just given up on
+	give_up_unwritten();
+	resume_when_idle();
 	if holding() then
 		local expired = {};
 		for ref, entry in pairs(held) do
@@ -833,7 +844,7 @@ local function watch()
 			release(ref, "timed out");
 		end
 	end
-	if next(held) == nil and first_paused > last_paused then
+	if next(held) == nil and first_paused > last_paused and unwritten_count == 0 then
 		watching = false;
 		return nil;
 	end

@@ -1012,6 +1012,92 @@ async def test_an_answered_client_is_read_again_after_the_pause_limit(site: Site
     assert not bob_answer.done()
 
 
+async def stall(site: Site, client: TestClient, sender: TestClient) -> None:
+    """client stops reading, and sender sends it messages until the server holds megabytes
+    for it that it cannot write out (a client on a stalled link, as the server sees it)."""
+    client.xmpp.transport.pause_reading()
+    # server_epoll (0.12 and 13) keeps wanting to write while it has data the socket refused.
+    wants_to_write = (
+        f'print("stalled=" .. tostring(prosody.full_sessions["{client.jid}"].conn._wantwrite))'
+    )
+
+    async def two_megabytes(round_: int) -> None:
+        for _ in range(20):
+            await sender.send_message(client.jid, "x" * 100_000)
+        marker = f"round {round_} routed"
+        await sender.send_message(sender.jid, marker)  # read after the 2 MB: all routed
+        await sender.wait_for_message(has_body(marker))
+
+    for round_ in range(8):  # the kernel's buffers take up to a few MB
+        await two_megabytes(round_)
+        await asyncio.sleep(0.3)  # time to write out whatever the socket takes
+        if "stalled=true" in await site.server.shell(wants_to_write):
+            # Megabytes more, not the few bytes the kernel may yet take (freeing memory in
+            # the client's receive queue, it can open the window a little).
+            await two_megabytes(round_ + 100)
+            return
+    raise AssertionError(f"the server wrote out 16 MB to {client.jid}, which reads nothing")
+
+
+async def test_answered_clients_are_read_again_once_every_answer_is_written_out(
+    site: Site,
+) -> None:
+    """Alice, answered while Bob is held, is not read once Bob and Dave are answered either,
+    while Dave's answer waits behind data Dave does not read; once Dave reads, she is."""
+    await site.server.register("dave", PASSWORD)
+    await set_answered_pause(site, 60)
+    carol, bob_answer = await hold_bob(site)
+    body = await answered_then_sends(site, "alice", carol)
+    dave = await site.online("dave", "phone")
+    dave_answer = asyncio.ensure_future(dave.get_roster(timeout=60))
+    inbox = site.component.sync_requests
+    [held] = named(site, await inbox.wait(lambda r: named(site, r)[0].get("name") == "dave"))
+    await stall(site, dave, carol)
+    [bob_user] = named(site, inbox.items[0])
+    site.component.synced(site.server.domain, [bob_user.get("ref", ""), held.get("ref", "")])
+    async with asyncio.timeout(5):
+        await bob_answer
+    await asyncio.sleep(0.5)
+    assert not got(carol, body)
+    dave.xmpp.transport.resume_reading()
+    async with asyncio.timeout(30):
+        await dave_answer
+    await carol.wait_for_message(has_body(body))
+
+
+async def test_an_answer_never_read_is_waited_for_no_longer_than_the_pause_limit(
+    site: Site,
+) -> None:
+    """Dave stops reading before he is answered: past roster_admin_answered_pause (2 s), the
+    next storm's paused clients are read again once all its requests are answered, without
+    waiting for Dave's answer to be written out."""
+    await site.server.register("dave", PASSWORD)
+    await set_answered_pause(site, 2)
+    carol, bob_answer = await hold_bob(site)
+    dave = await site.online("dave", "phone")
+    dave_answer = asyncio.ensure_future(dave.get_roster(timeout=60))
+    inbox = site.component.sync_requests
+    [dave_user] = named(site, await inbox.wait(lambda r: named(site, r)[0].get("name") == "dave"))
+    await stall(site, dave, carol)
+    [bob_user] = named(site, inbox.items[0])
+    site.component.synced(site.server.domain, [dave_user.get("ref", ""), bob_user.get("ref", "")])
+    async with asyncio.timeout(5):
+        await bob_answer
+    await asyncio.sleep(3)
+
+    inbox.clear()
+    laptop = await site.online("bob", "laptop")
+    laptop_answer = asyncio.ensure_future(laptop.get_roster())
+    [held] = named(site, await inbox.wait(lambda r: bool(named(site, r))))
+    body = await answered_then_sends(site, "alice", carol)
+    site.component.synced(site.server.domain, [held.get("ref", "")])
+    async with asyncio.timeout(5):
+        await laptop_answer
+    await carol.wait_for_message(has_body(body), timeout=1.0)  # not after Alice's 2 s
+    assert not dave_answer.done()
+    dave_answer.cancel()
+
+
 async def test_answered_clients_are_read_again_when_the_module_is_reloaded(site: Site) -> None:
     """The module's timers go with it: a paused client is resumed at unload, not left."""
     await set_answered_pause(site, 60)
