@@ -365,6 +365,15 @@ class TestClient:
             message.send()
         await asyncio.sleep(0)
 
+    def stop_reading(self) -> None:
+        """Read nothing more from the server until read_again() (a client on a stalled link)."""
+        assert self.xmpp.transport is not None, "not connected"
+        self.xmpp.transport.pause_reading()
+
+    def read_again(self) -> None:
+        assert self.xmpp.transport is not None, "not connected"
+        self.xmpp.transport.resume_reading()
+
 
 def _make_client(jid: str, password: str, mechanism: str | None) -> ClientXMPP:
     xmpp = ClientXMPP(

@@ -1015,7 +1015,7 @@ async def test_an_answered_client_is_read_again_after_the_pause_limit(site: Site
 async def stall(site: Site, client: TestClient, sender: TestClient) -> None:
     """client stops reading, and sender sends it messages until the server holds megabytes
     for it that it cannot write out (a client on a stalled link, as the server sees it)."""
-    client.xmpp.transport.pause_reading()
+    client.stop_reading()
     # server_epoll (0.12 and 13) keeps wanting to write while it has data the socket refused.
     wants_to_write = (
         f'print("stalled=" .. tostring(prosody.full_sessions["{client.jid}"].conn._wantwrite))'
@@ -1039,27 +1039,36 @@ async def stall(site: Site, client: TestClient, sender: TestClient) -> None:
     raise AssertionError(f"the server wrote out 16 MB to {client.jid}, which reads nothing")
 
 
+async def answered_unread(
+    site: Site, carol: TestClient, bob_answer: asyncio.Future[Roster]
+) -> tuple[TestClient, asyncio.Future[Roster]]:
+    """Dave's roster request is held too; he stops reading, then he and Bob are answered (Bob
+    is, at once): Dave, and his answer, which waits behind data he does not read."""
+    await site.server.register("dave", PASSWORD)
+    dave = await site.online("dave", "phone")
+    dave_answer = asyncio.ensure_future(dave.get_roster(timeout=60))
+    inbox = site.component.sync_requests
+    [dave_user] = named(site, await inbox.wait(lambda r: named(site, r)[0].get("name") == "dave"))
+    await stall(site, dave, carol)
+    [bob_user] = named(site, inbox.items[0])
+    site.component.synced(site.server.domain, [bob_user.get("ref", ""), dave_user.get("ref", "")])
+    async with asyncio.timeout(5):
+        await bob_answer
+    return dave, dave_answer
+
+
 async def test_answered_clients_are_read_again_once_every_answer_is_written_out(
     site: Site,
 ) -> None:
     """Alice, answered while Bob is held, is not read once Bob and Dave are answered either,
     while Dave's answer waits behind data Dave does not read; once Dave reads, she is."""
-    await site.server.register("dave", PASSWORD)
     await set_answered_pause(site, 60)
     carol, bob_answer = await hold_bob(site)
     body = await answered_then_sends(site, "alice", carol)
-    dave = await site.online("dave", "phone")
-    dave_answer = asyncio.ensure_future(dave.get_roster(timeout=60))
-    inbox = site.component.sync_requests
-    [held] = named(site, await inbox.wait(lambda r: named(site, r)[0].get("name") == "dave"))
-    await stall(site, dave, carol)
-    [bob_user] = named(site, inbox.items[0])
-    site.component.synced(site.server.domain, [bob_user.get("ref", ""), held.get("ref", "")])
-    async with asyncio.timeout(5):
-        await bob_answer
+    dave, dave_answer = await answered_unread(site, carol, bob_answer)
     await asyncio.sleep(0.5)
     assert not got(carol, body)
-    dave.xmpp.transport.resume_reading()
+    dave.read_again()
     async with asyncio.timeout(30):
         await dave_answer
     await carol.wait_for_message(has_body(body))
@@ -1071,20 +1080,12 @@ async def test_an_answer_never_read_is_waited_for_no_longer_than_the_pause_limit
     """Dave stops reading before he is answered: past roster_admin_answered_pause (2 s), the
     next storm's paused clients are read again once all its requests are answered, without
     waiting for Dave's answer to be written out."""
-    await site.server.register("dave", PASSWORD)
     await set_answered_pause(site, 2)
     carol, bob_answer = await hold_bob(site)
-    dave = await site.online("dave", "phone")
-    dave_answer = asyncio.ensure_future(dave.get_roster(timeout=60))
-    inbox = site.component.sync_requests
-    [dave_user] = named(site, await inbox.wait(lambda r: named(site, r)[0].get("name") == "dave"))
-    await stall(site, dave, carol)
-    [bob_user] = named(site, inbox.items[0])
-    site.component.synced(site.server.domain, [dave_user.get("ref", ""), bob_user.get("ref", "")])
-    async with asyncio.timeout(5):
-        await bob_answer
+    _, dave_answer = await answered_unread(site, carol, bob_answer)
     await asyncio.sleep(3)
 
+    inbox = site.component.sync_requests
     inbox.clear()
     laptop = await site.online("bob", "laptop")
     laptop_answer = asyncio.ensure_future(laptop.get_roster())
